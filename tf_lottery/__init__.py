@@ -1,0 +1,23 @@
+"""tf-lottery: lottery tickets and RigL on tfmot pruning, for tf_keras models.
+
+``import tf_lottery as tfl`` makes tf_keras (Keras 2) the Keras in use, then gives:
+
+- ``tfl.MaskedLayer``: a tfmot pruning wrapper holding one 0/1 mask per prunable weight;
+- ``tfl.sparsify`` / ``tfl.strip``: wrap a model with masks drawn from a sparsity
+  distribution / get back a plain model with exact zeros;
+- ``tfl.sparsity_distribution`` (uniform, ER, ERK) and ``tfl.sparsity_report``;
+- ``tfl.get_masks`` / ``tfl.set_masks`` / ``tfl.get_weights`` keyed by ``"layer/weight"``.
+"""
+from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
+from tf_lottery.masking.api import (custom_object_scope, custom_objects, get_masks,
+                                    get_weights, masked_layers, set_masks, sparsify,
+                                    sparsity_distribution, sparsity_report, strip)
+from tf_lottery.masking.wrapper import MaskedLayer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MaskedLayer", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
+    "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
+    "strip",
+]

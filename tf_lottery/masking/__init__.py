@@ -1,0 +1,1 @@
+"""Masks on tf_keras layers: the wrapper, sparsity distributions and mask selection."""

@@ -1,0 +1,335 @@
+"""sparsify, strip, sparsity_distribution, sparsity_report: masks on whole models.
+
+A *weight key* names one prunable weight as ``"<layer name>/<weight name>"`` using the
+user's layer name (``"dense_1/kernel"``, ``"mha/query_kernel"``), the same for the
+wrapped and the plain model. Functions that take layer names (``dense_layers``,
+``custom_sparsity``) apply them to every prunable weight of the layer.
+"""
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tf_lottery._keras import keras, tfmot
+from tf_lottery.masking import distributions, selection
+from tf_lottery.masking.wrapper import MaskedLayer, _short_name
+from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+    PruneRegistry as _PruneRegistry)
+
+MASK_INITS = ("random", "magnitude")
+
+
+def custom_objects() -> Dict[str, type]:
+    """The custom objects that ``keras.models.load_model`` needs for a masked model."""
+    return {"MaskedLayer": MaskedLayer, "tf_lottery>MaskedLayer": MaskedLayer}
+
+
+def custom_object_scope():
+    """``with tfl.custom_object_scope(): keras.models.load_model(path)``."""
+    return keras.utils.custom_object_scope(custom_objects())
+
+
+def _walk(model) -> Iterator:
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, MaskedLayer):
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def _prunable_weights(layer):
+    """The weights tfmot would prune in ``layer``; None if tfmot cannot prune it."""
+    if isinstance(layer, MaskedLayer):
+        return [w for w, _ in layer.masked_weights]
+    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(
+            layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    if _PruneRegistry.supports(layer):
+        return list(_PruneRegistry.make_prunable(layer).get_prunable_weights())
+    return None
+
+
+class _Unit:
+    """One prunable weight: its key, layer, variable and (if wrapped) mask."""
+
+    def __init__(self, layer, inner, weight, mask=None):
+        self.layer, self.inner, self.weight, self.mask = layer, inner, weight, mask
+        self.key = f"{inner.name}/{_short_name(weight, inner).replace('/', '_')}"
+        self.shape = tuple(int(d) for d in weight.shape)
+        self.size = int(np.prod(self.shape))
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}; build models "
+                        "with tf_keras (import tf_lottery first), not Keras 3")
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built: give its first layer an input "
+                         "shape or call it once on data before sparsifying")
+
+
+def _units(model, unsupported: Optional[List] = None) -> List[_Unit]:
+    _check_model(model)
+    units = []
+    for layer in _walk(model):
+        weights = _prunable_weights(layer)
+        if weights is None:
+            if unsupported is not None and layer.trainable_weights:
+                unsupported.append(layer)
+            continue
+        if isinstance(layer, MaskedLayer):
+            units += [_Unit(layer, layer.layer, w, m) for w, m in layer.masked_weights]
+        else:
+            units += [_Unit(layer, layer, w) for w in weights]
+    return units
+
+
+def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
+    """Weight key -> pinned sparsity, from layer names (or weight keys)."""
+    by_name: Dict[str, List[str]] = {}
+    for u in units:
+        by_name.setdefault(u.inner.name, []).append(u.key)
+        by_name.setdefault(u.key, []).append(u.key)
+    requested = [(n, 0.0) for n in (dense_layers or ())]
+    requested += list((custom_sparsity or {}).items())
+    unknown = sorted({n for n, _ in requested if n not in by_name})
+    if unknown:
+        names = sorted({u.inner.name for u in units})
+        raise ValueError(f"dense_layers/custom_sparsity name {unknown}, which are not prunable "
+                         f"layers of the model; prunable layers are {names}")
+    pins = {}
+    for name, value in requested:
+        distributions.check_sparsity(value, f"custom sparsity of {name!r}")
+        for key in by_name[name]:
+            pins[key] = float(value)
+    return pins
+
+
+def _require_units(model, units):
+    if not units:
+        raise ValueError(f"model {model.name!r} has no layer that tfmot can prune (Dense, Conv, "
+                         "Embedding, ... or a layer implementing "
+                         "tfmot.sparsity.keras.PrunableLayer)")
+
+
+def _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity, erk_power_scale,
+                       units=None) -> Dict[str, float]:
+    units = units if units is not None else _units(model)
+    _require_units(model, units)
+    pins = _pins(units, dense_layers, custom_sparsity)
+    return distributions.distribute({u.key: u.shape for u in units}, sparsity, method, pins,
+                                    erk_power_scale)
+
+
+def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_layers=(),
+                          custom_sparsity: Optional[Mapping[str, float]] = None,
+                          erk_power_scale: float = 1.0,
+                          per_weight: bool = False) -> Dict[str, float]:
+    """Per-layer sparsity (fraction of zeros) for every prunable layer of ``model``.
+
+    Args:
+      model: a built tf_keras model, plain or sparsified.
+      sparsity: overall fraction of zeros of the layers not pinned, in [0, 1).
+      method: ``"uniform"``, ``"er"`` (Erdős–Rényi) or ``"erk"`` (ER-Kernel), as in
+        Evci et al. 2020; see ``tf_lottery.masking.distributions``.
+      dense_layers: layer names kept dense; they take no part in the budget.
+      custom_sparsity: layer name -> fixed sparsity; no part in the budget either.
+      erk_power_scale: exponent on the ERK raw density.
+      per_weight: key the result by weight key (``"layer/kernel"``) instead of layer name;
+        a layer with several prunable weights (MultiHeadAttention, LSTM) otherwise gets
+        the parameter-weighted sparsity of its weights.
+
+    Returns:
+      layer name (or weight key) -> sparsity, in model order.
+    """
+    units = _units(model)
+    values = _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity,
+                                erk_power_scale, units)
+    if per_weight:
+        return values
+    groups: Dict[str, List[str]] = {}
+    for u in units:
+        groups.setdefault(u.inner.name, []).append(u.key)
+    return distributions.parameter_weighted(values, {u.key: u.shape for u in units}, groups)
+
+
+def _clone(model, clone_function):
+    def recurse(layer):
+        if isinstance(layer, keras.Model) and not isinstance(layer, MaskedLayer):
+            return keras.models.clone_model(layer, clone_function=recurse)
+        return clone_function(layer)
+    return keras.models.clone_model(model, clone_function=recurse)
+
+
+def _check_traversable(model):
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise TypeError(
+            f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild; use "
+            "the Sequential or functional API, or wrap its layers yourself with "
+            "tfl.MaskedLayer(layer) inside the model")
+
+
+def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str = "random",
+             seed: Optional[int] = None, dense_layers: Sequence[str] = (),
+             custom_sparsity: Optional[Mapping[str, float]] = None,
+             erk_power_scale: float = 1.0):
+    """Wraps every prunable layer of ``model`` in a ``MaskedLayer`` and draws its masks.
+
+    The returned model shares its layers (and so its weights) with ``model``, as
+    ``tfmot.sparsity.keras.prune_low_magnitude`` does; masked weights become 0.
+
+    Args:
+      model: a built Sequential or functional tf_keras model (nested models are fine).
+      sparsity: overall fraction of zeros over the layers not pinned, in [0, 1).
+      distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one magnitude
+        threshold over all unpinned weights; needs ``mask_init="magnitude"``).
+      mask_init: ``"random"`` (exact zero counts at random places, RigL's start) or
+        ``"magnitude"`` (keep the largest current weights).
+      seed: seed of the random masks (numpy ``default_rng``); None draws a fresh one.
+      dense_layers, custom_sparsity, erk_power_scale: as in ``sparsity_distribution``.
+        Layers tfmot cannot prune but that have trainable weights (a Dense subclass,
+        DepthwiseConv2D) must be listed in ``dense_layers`` to be left dense.
+
+    Returns:
+      The sparsified model (not compiled).
+    """
+    _check_model(model)
+    _check_traversable(model)
+    if mask_init not in MASK_INITS:
+        raise ValueError(f"unknown mask_init {mask_init!r}; use one of {MASK_INITS}")
+    if distribution == "global" and mask_init != "magnitude":
+        raise ValueError("distribution='global' selects weights by magnitude across layers; "
+                         "pass mask_init='magnitude'")
+    unsupported: List = []
+    units = _units(model, unsupported)
+    if any(isinstance(u.layer, MaskedLayer) for u in units):
+        raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
+                         "tfl.set_masks, or tfl.strip it first")
+    _require_units(model, units)
+    skip = set(dense_layers or ())
+    blocked = [layer for layer in unsupported if layer.name not in skip]
+    if blocked:
+        raise ValueError(
+            "these layers have trainable weights but tfmot cannot prune them: "
+            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
+            + ". tfmot's registry matches exact classes and leaves DepthwiseConv2D out: "
+            "implement tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list "
+            "it in dense_layers to leave it dense")
+    dense_prunable = [n for n in skip if n not in {layer.name for layer in unsupported}]
+    method = "uniform" if distribution == "global" else distribution
+    sparsities = _weight_sparsities(model, distributions.check_sparsity(sparsity), method,
+                                     dense_prunable, custom_sparsity, erk_power_scale, units)
+    values = {u.key: u.weight.numpy() for u in units}
+    if distribution == "global":
+        pins = _pins(units, dense_prunable, custom_sparsity)
+        free = [u.key for u in units if u.key not in pins]
+        masks = selection.global_magnitude_masks({k: values[k] for k in free}, sparsity)
+        masks.update({k: selection.magnitude_mask(values[k], s) for k, s in pins.items()})
+    elif mask_init == "magnitude":
+        masks = {k: selection.magnitude_mask(values[k], sparsities[k]) for k in values}
+    else:
+        rng = np.random.default_rng(seed)
+        masks = {u.key: selection.random_mask(u.shape, sparsities[u.key], rng) for u in units}
+
+    to_wrap = {id(u.layer) for u in units}
+    wrapped = _clone(model, lambda layer: MaskedLayer(layer) if id(layer) in to_wrap else layer)
+    set_masks(wrapped, masks)
+    return wrapped
+
+
+def masked_layers(model) -> List[MaskedLayer]:
+    """The MaskedLayers of ``model`` in model order (nested models included)."""
+    return [layer for layer in _walk(model) if isinstance(layer, MaskedLayer)]
+
+
+def _masked_units(model) -> List[_Unit]:
+    units = [u for u in _units(model) if u.mask is not None]
+    if not units:
+        raise ValueError(f"model {model.name!r} has no MaskedLayer; call tfl.sparsify first")
+    return units
+
+
+def get_masks(model) -> Dict[str, np.ndarray]:
+    """Weight key -> mask (float32 0/1 array) of every MaskedLayer in ``model``."""
+    return {u.key: u.mask.numpy() for u in _masked_units(model)}
+
+
+def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
+    """Sets masks by weight key and zeroes the masked weights; keys must all exist."""
+    units = _masked_units(model)
+    known = {u.key for u in units}
+    unknown = sorted(set(masks) - known)
+    if unknown:
+        raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    for layer in masked_layers(model):
+        keys = [u.key for u in units if u.layer is layer]
+        if any(k in masks for k in keys):
+            current = layer.get_masks()
+            layer.set_masks([masks.get(k, c) for k, c in zip(keys, current)])
+
+
+def get_weights(model) -> Dict[str, np.ndarray]:
+    """Weight key -> current values of every prunable weight (wrapped or plain)."""
+    return {u.key: u.weight.numpy() for u in _units(model)}
+
+
+def strip(model):
+    """A plain tf_keras model: wrappers removed, masked weights baked in as exact zeros.
+
+    The result shares its layers with ``model`` (as tfmot's ``strip_pruning`` does) and
+    gives the same outputs. ``tfmot.sparsity.keras.strip_pruning(model)`` also works on
+    sparsified models; ``strip`` additionally re-applies the masks first, so weights set
+    behind the wrapper's back (e.g. ``model.load_weights`` of a dense checkpoint) cannot
+    leak through.
+    """
+    _check_model(model)
+    _check_traversable(model)
+    for layer in masked_layers(model):
+        layer.apply_masks()
+    return tfmot.sparsity.keras.strip_pruning(model)
+
+
+class SparsityReport(list):
+    """Rows (dicts) of ``sparsity_report``; ``str()`` gives a printable table."""
+
+    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity")
+
+    def table(self) -> str:
+        cells = [[str(c) for c in self.COLUMNS]]
+        for row in self:
+            cells.append([row["layer"], row["weight"], "x".join(map(str, row["shape"])),
+                          f"{row['params']:,}", f"{row['nonzeros']:,}",
+                          f"{100 * row['sparsity']:.2f}%"])
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.COLUMNS))]
+        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def sparsity_report(model) -> SparsityReport:
+    """Per-weight rows and a total row: layer, weight, shape, params, nonzeros, sparsity.
+
+    ``nonzeros`` counts the non-zero values of the weight as stored (exact zeros are
+    what a user sees). ``sparsity`` is 1 - active / params, where active is the mask's
+    count of ones for a masked weight (a just-grown RigL weight is active but still 0)
+    and the non-zero count for a plain one. Works on sparsified and on plain models.
+    """
+    units = _units(model)
+    _require_units(model, units)
+    report = SparsityReport()
+    for u in units:
+        nonzeros = int(np.count_nonzero(u.weight.numpy()))
+        active = nonzeros if u.mask is None else int(np.count_nonzero(u.mask.numpy()))
+        report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
+                       "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
+                       "active": active, "sparsity": 1.0 - active / u.size})
+    params = sum(r["params"] for r in report)
+    active = sum(r["active"] for r in report)
+    report.append({"layer": "total", "weight": "", "shape": [], "params": params,
+                   "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
+                   "sparsity": 1.0 - active / params})
+    return report

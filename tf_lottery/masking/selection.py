@@ -1,0 +1,123 @@
+"""Which weights to keep: magnitude top-k (per weight or global) and random masks.
+
+Pure numpy. A mask is a float32 array of 0s and 1s shaped like its weight. Counts
+are exact: a weight of ``n`` entries at sparsity ``s`` has ``count_zeros(n, s)``
+zeros. Ties between equal magnitudes go to the lower flat index (stable sort), so
+the same weights always give the same mask.
+"""
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+
+
+def count_zeros(size: int, sparsity: float) -> int:
+    """Number of zeros a weight of ``size`` entries has at ``sparsity`` (rounded half up)."""
+    return int(min(size, np.floor(float(sparsity) * size + 0.5)))
+
+
+def random_mask(shape, sparsity: float, rng: np.random.Generator) -> np.ndarray:
+    """A mask with exactly ``count_zeros(prod(shape), sparsity)`` zeros at random places."""
+    size = int(np.prod(shape))
+    flat = np.ones(size, dtype=np.float32)
+    flat[rng.permutation(size)[:count_zeros(size, sparsity)]] = 0.0
+    return flat.reshape(shape)
+
+
+def _scores(weight: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+    scores = np.abs(np.asarray(weight, dtype=np.float64)).ravel()
+    if mask is not None:
+        scores = np.where(np.asarray(mask).ravel() > 0, scores, -np.inf)
+    return scores
+
+
+def _keep_largest(scores: np.ndarray, n_keep: int) -> np.ndarray:
+    keep = np.zeros(scores.size, dtype=np.float32)
+    if n_keep > 0:
+        order = np.argsort(-scores, kind="stable")
+        keep[order[:n_keep]] = 1.0
+    return keep
+
+
+def magnitude_mask(weight: np.ndarray, sparsity: float,
+                   mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Keeps the largest-magnitude entries of ``weight`` so that it has ``sparsity`` zeros.
+
+    Entries already 0 in ``mask`` stay pruned; ``sparsity`` is the total target for the
+    weight (it must be at least the mask's own sparsity).
+    """
+    weight = np.asarray(weight)
+    size = weight.size
+    n_keep = size - count_zeros(size, sparsity)
+    if mask is not None and n_keep > int(np.count_nonzero(mask)):
+        raise ValueError(f"cannot reach sparsity {sparsity} by pruning: the mask already "
+                         f"keeps only {int(np.count_nonzero(mask))} of {size} entries")
+    return _keep_largest(_scores(weight, mask), n_keep).reshape(weight.shape)
+
+
+def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float,
+                           masks: Optional[Mapping[str, np.ndarray]] = None
+                           ) -> Dict[str, np.ndarray]:
+    """One magnitude threshold across all ``weights``: the smallest go until ``sparsity`` of
+    all their entries are zero (Frankle & Carbin section 4). Pruned entries stay pruned."""
+    keys = list(weights)
+    scores = np.concatenate([_scores(weights[k], None if masks is None else masks[k])
+                             for k in keys])
+    size = scores.size
+    n_keep = size - count_zeros(size, sparsity)
+    if masks is not None and n_keep > int(sum(np.count_nonzero(masks[k]) for k in keys)):
+        raise ValueError(f"cannot reach global sparsity {sparsity} by pruning: the masks "
+                         "already keep fewer weights")
+    keep = _keep_largest(scores, n_keep)
+    out, start = {}, 0
+    for k in keys:
+        shape = np.shape(weights[k])
+        n = int(np.prod(shape))
+        out[k] = keep[start:start + n].reshape(shape)
+        start += n
+    return out
+
+
+def prune_surviving(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                    fraction: Union[float, Mapping[str, float]],
+                    scope: str = "layerwise") -> Dict[str, np.ndarray]:
+    """One IMP pruning step: removes ``fraction`` of the surviving weights by magnitude.
+
+    Args:
+      weights: key -> trained weight values.
+      masks: key -> current mask; the new masks are subsets of these.
+      fraction: fraction of the currently surviving entries to prune, one number for
+        all weights or key -> number (keys missing from the mapping are not pruned).
+      scope: ``"layerwise"`` prunes each weight's own survivors by ``fraction``;
+        ``"global"`` pools the survivors of every weight that shares one fraction and
+        prunes the smallest of them together, so layers lose different shares.
+
+    Returns:
+      key -> new mask.
+    """
+    if scope not in ("layerwise", "global"):
+        raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
+    if isinstance(fraction, Mapping):
+        fractions = {k: float(fraction.get(k, 0.0)) for k in weights}
+    else:
+        fractions = {k: float(fraction) for k in weights}
+    for k, f in fractions.items():
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"pruning fraction of {k!r} must be in [0, 1), got {f}")
+    out: Dict[str, np.ndarray] = {}
+    groups: Dict[float, list] = {}
+    for k in weights:
+        groups.setdefault(fractions[k], []).append(k)
+    for f, keys in groups.items():
+        if scope == "global" and len(keys) > 1:
+            alive = sum(int(np.count_nonzero(masks[k])) for k in keys)
+            total = sum(int(np.size(masks[k])) for k in keys)
+            target = (total - alive + count_zeros(alive, f)) / total
+            out.update(global_magnitude_masks({k: weights[k] for k in keys}, target,
+                                              {k: masks[k] for k in keys}))
+            continue
+        for k in keys:
+            alive = int(np.count_nonzero(masks[k]))
+            size = int(np.size(masks[k]))
+            target = (size - alive + count_zeros(alive, f)) / size
+            out[k] = magnitude_mask(weights[k], target, masks[k])
+    return {k: out[k] for k in weights}
