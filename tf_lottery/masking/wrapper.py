@@ -13,6 +13,7 @@ so the loss gradient of a masked entry is exactly 0 and a gradient-based optimiz
 (SGD with momentum, Adam, L2 regularisers, decoupled weight decay, loss scaling)
 leaves the zero where it is without any per-step write.
 """
+import contextlib
 import inspect
 from typing import List, Tuple
 
@@ -21,6 +22,27 @@ import numpy as np
 from tf_lottery._keras import keras, tf
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude as _PruneLowMagnitude)
+
+
+class _State:
+    unmasked = False  # process-wide: MirroredStrategy traces replicas in other threads
+
+
+@contextlib.contextmanager
+def unmasked_forward():
+    """Inside this context (at trace time) MaskedLayers use their weights without the mask.
+
+    The output is unchanged (masked entries are 0), but the gradient of the loss with
+    respect to each weight variable becomes the dense gradient dL/d(weight * mask),
+    which RigL's grow criterion needs. Only a function traced inside the context is
+    affected.
+    """
+    previous = _State.unmasked
+    _State.unmasked = True
+    try:
+        yield
+    finally:
+        _State.unmasked = previous
 
 
 def _short_name(weight, layer) -> str:
@@ -94,6 +116,8 @@ class MaskedLayer(_PruneLowMagnitude):
             self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
         if self._call_takes_training:
             kwargs["training"] = training
+        if _State.unmasked:
+            return self.layer.call(inputs, **kwargs)
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self.masked_weights):
