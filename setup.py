@@ -24,6 +24,7 @@ setup(
         "scikit-learn",
         "matplotlib",
         "absl-py",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest"],

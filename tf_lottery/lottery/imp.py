@@ -1,0 +1,423 @@
+"""Iterative magnitude pruning (IMP) with rewinding, its controls and its baselines.
+
+One *level* trains a masked model and then prunes a fraction of the surviving
+weights by magnitude; level 0 is the dense network. What the next level starts from
+is the *mode* (one main line per run):
+
+- ``"ticket"`` (Frankle & Carbin 2019; Frankle et al. 2020): the survivors are reset
+  to theta_k, the weights at iteration ``rewind_step`` of level 0 (k = 0 is the
+  initialisation), and training replays the schedule from iteration k;
+- ``"finetune"`` (Liu et al. 2021): the trained weights are kept and trained again for
+  the same number of iterations at the schedule's final learning rate (the optimizer's
+  iteration counter continues from the end of training);
+- ``"lr_rewind"`` (Renda et al. 2020): the trained weights are kept and the learning
+  rate schedule is replayed from iteration k.
+
+Controls (ticket mode, levels >= 1), trained beside the ticket and never feeding the
+next level: ``"reinit"`` (the ticket's masks on a fresh random initialisation) and
+``"random_mask"`` (random masks with the ticket's per-layer counts on theta_k).
+Every kind trains ``T - k`` iterations, T being ``epochs`` of training data.
+"""
+import hashlib
+import logging
+import math
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from tf_lottery._keras import keras, tf
+from tf_lottery.lottery import results
+from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
+from tf_lottery.masking import selection
+from tf_lottery.masking.api import get_masks, get_weights, set_masks, sparsify
+
+log = logging.getLogger("tf_lottery")
+
+MODES = ("ticket", "finetune", "lr_rewind")
+CONTROLS = ("reinit", "random_mask")
+
+
+def _describe(obj):
+    """A stable, JSON-able description of a callable or object for the run config."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(o) for o in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _describe(v) for k, v in obj.items()}
+    func = getattr(obj, "func", None)
+    if func is not None and hasattr(obj, "keywords"):
+        return {"partial": _describe(func), "args": _describe(list(obj.args)),
+                "keywords": _describe(obj.keywords)}
+    if hasattr(obj, "get_config"):
+        try:
+            return {"class": type(obj).__name__, "config": _describe(obj.get_config())}
+        except Exception:  # noqa: BLE001  (an object whose config cannot be read)
+            pass
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{getattr(obj, '__module__', '')}.{name}"
+
+
+def _fingerprint(data):
+    if data is None:
+        return None
+    if isinstance(data, tf.data.Dataset):
+        return {"dataset": str(data.element_spec)}
+    arrays = [np.asarray(a) for a in data]
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(str((a.shape, a.dtype)).encode())
+        digest.update(np.ascontiguousarray(a).tobytes()[:1 << 24])
+    return {"shapes": [list(a.shape) for a in arrays], "sha256": digest.hexdigest()[:16]}
+
+
+class _History(keras.callbacks.Callback):
+    """Validation curve (iteration, loss, accuracy) and the stop at a fixed iteration."""
+
+    def __init__(self, iterations: int):
+        super().__init__()
+        self._supports_tf_logs = True
+        self.iterations, self.done = iterations, 0
+        self.curve: List[dict] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if self.done >= self.iterations:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_loss" in logs:
+            self.curve.append({"iteration": int(self.model.optimizer.iterations.numpy()),
+                               "val_loss": float(logs["val_loss"]),
+                               "val_accuracy": float(logs.get("val_accuracy", np.nan))})
+
+
+def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
+    """``masks`` of one model onto another built by the same code (matched by order)."""
+    keys = list(get_masks(model))
+    values = list(masks.values())
+    if len(keys) != len(values):
+        raise ValueError("the control model has a different set of prunable weights")
+    return dict(zip(keys, values))
+
+
+def remaining(masks: Mapping[str, np.ndarray]) -> float:
+    """Fraction of prunable weights left (0..1) across ``masks``."""
+    return float(sum(np.count_nonzero(m) for m in masks.values())
+                 / sum(np.size(m) for m in masks.values()))
+
+
+@gin.configurable
+class IterativeMagnitudePruning:
+    """Finds lottery tickets (or runs a pruning baseline) over ``levels`` levels.
+
+    Args:
+      model_fn: builds a fresh, built, uncompiled tf_keras model (Sequential or
+        functional). Called once for the main line and once per control.
+      train_data, test_data: ``(x, y)`` numpy arrays or batched ``tf.data.Dataset``s.
+      optimizer_fn: builds a fresh optimizer (one per level and kind: the optimizer
+        state is reset at every rewind).
+      loss, metrics: passed to ``compile``; an "accuracy" metric is required.
+      epochs: training length T of one level, in epochs of ``train_data``.
+      batch_size: for numpy data.
+      steps_per_epoch: for datasets of unknown length.
+      validation_data: for the validation curve and early-stopping iteration (the
+        iteration of minimum validation loss); defaults to ``test_data``.
+      levels: number of levels including the dense level 0.
+      fraction: fraction of the surviving weights pruned per level (0.2: level i keeps
+        0.8^i).
+      output_fraction: fraction for the last prunable layer (Frankle & Carbin prune the
+        output layer at half the rate); None uses ``fraction``.
+      layer_fractions: layer name -> fraction, overriding the two above.
+      scope: ``"layerwise"`` or ``"global"`` (layers sharing a fraction are pooled and
+        pruned by one threshold; Frankle & Carbin section 4 for deep networks).
+      rewind_step: k, as iterations (int, ``"500it"``) or epochs (``"1ep"``).
+      controls: any of ``"reinit"``, ``"random_mask"`` (ticket mode only).
+      mode: ``"ticket"``, ``"finetune"`` or ``"lr_rewind"``.
+      seed: seeds the initialisation, data order and random masks of every level.
+      output_dir: where results go (see ``tf_lottery.lottery.results``); None keeps
+        nothing on disk and cannot resume.
+      overwrite: replace a different run found in ``output_dir``.
+      deterministic: enable TensorFlow op determinism so a resumed run reproduces an
+        uninterrupted one bit for bit.
+      verbose: Keras ``fit`` verbosity (0, 1 = progress bar, 2 = one line per epoch).
+      callbacks: extra Keras callbacks for every ``fit``.
+    """
+
+    def __init__(self, model_fn: Callable, train_data, test_data, optimizer_fn: Callable,
+                 loss=None, metrics: Sequence = ("accuracy",), epochs: int = 10,
+                 batch_size: Optional[int] = 60, steps_per_epoch: Optional[int] = None,
+                 validation_data=None, levels: int = 20, fraction: float = 0.2,
+                 output_fraction: Optional[float] = None,
+                 layer_fractions: Optional[Mapping[str, float]] = None,
+                 scope: str = "layerwise", rewind_step=0, controls: Sequence[str] = (),
+                 mode: str = "ticket", seed: int = 0, output_dir: Optional[str] = None,
+                 overwrite: bool = False, deterministic: bool = True, verbose: int = 1,
+                 callbacks: Sequence = ()):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        controls = tuple(controls or ())
+        bad = [c for c in controls if c not in CONTROLS]
+        if bad:
+            raise ValueError(f"unknown controls {bad}; use any of {CONTROLS}")
+        if controls and mode != "ticket":
+            raise ValueError(f"controls {controls} compare against tickets: use mode='ticket'")
+        if scope not in ("layerwise", "global"):
+            raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
+        if int(levels) < 1 or int(epochs) < 1:
+            raise ValueError("levels and epochs must be >= 1")
+        for name, value in [("fraction", fraction), ("output_fraction", output_fraction),
+                            *((f"layer_fractions[{k!r}]", v)
+                              for k, v in (layer_fractions or {}).items())]:
+            if value is not None and not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (the share of surviving weights "
+                                 f"pruned per level), got {value}")
+        self.model_fn, self.optimizer_fn = model_fn, optimizer_fn
+        self.train_data, self.test_data = train_data, test_data
+        self.validation_data = validation_data if validation_data is not None else test_data
+        self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.metrics = list(metrics)
+        self.epochs, self.batch_size = int(epochs), batch_size
+        self.steps_per_epoch = steps_per_epoch or self._steps_per_epoch(train_data)
+        self.levels, self.fraction = int(levels), float(fraction)
+        self.output_fraction, self.layer_fractions = output_fraction, dict(layer_fractions or {})
+        self.scope, self.controls, self.mode = scope, controls, mode
+        self.rewind_step = rewind_step
+        self.k = parse_step(rewind_step, self.steps_per_epoch)
+        self.total = self.epochs * self.steps_per_epoch
+        if self.k >= self.total:
+            raise ValueError(f"rewind_step {rewind_step!r} = {self.k} iterations is not before "
+                             f"the end of training ({self.total} iterations)")
+        self.seed, self.deterministic = int(seed), deterministic
+        self.verbose, self.callbacks = verbose, list(callbacks)
+        self.output_dir, self.overwrite = output_dir, overwrite
+        self.timings: List[dict] = []
+        self._control_models: Dict[str, tuple] = {}
+        self._writers: Dict[str, object] = {}
+
+    def _steps_per_epoch(self, data) -> int:
+        if isinstance(data, tf.data.Dataset):
+            n = int(data.cardinality().numpy())
+            if n < 1:
+                raise ValueError("train_data has unknown length: pass steps_per_epoch")
+            return n
+        return int(math.ceil(len(data[0]) / int(self.batch_size)))
+
+    def config(self) -> dict:
+        """What determines the results; a second run into the same folder must match."""
+        return {
+            "model_fn": _describe(self.model_fn), "optimizer_fn": _describe(self.optimizer_fn),
+            "loss": _describe(self.loss), "metrics": _describe(self.metrics),
+            "train_data": _fingerprint(self.train_data),
+            "test_data": _fingerprint(self.test_data),
+            "validation_data": _fingerprint(self.validation_data),
+            "epochs": self.epochs, "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch, "levels": self.levels,
+            "fraction": self.fraction, "output_fraction": self.output_fraction,
+            "layer_fractions": self.layer_fractions, "scope": self.scope,
+            "rewind_step": str(self.rewind_step), "controls": list(self.controls),
+            "mode": self.mode, "seed": self.seed, "deterministic": self.deterministic,
+            "gin": gin.config_str() if gin.config_str().strip() else None,
+        }
+
+    def _seed(self, level: int, kind: str) -> None:
+        offset = {"ticket": 0, "finetune": 0, "lr_rewind": 0, "reinit": 1, "random_mask": 2}
+        keras.utils.set_random_seed(self.seed * 100003 + level * 10 + offset[kind])
+
+    def _build(self, seed_kind: str = "ticket", level: int = 0):
+        self._seed(level, seed_kind)
+        model = self.model_fn()
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model_fn must return a tf_keras Model, got {type(model)}")
+        return sparsify(model, 0.0)
+
+    def _fractions(self, masks: Mapping[str, np.ndarray]) -> Dict[str, float]:
+        keys = list(masks)
+        out = {k: self.fraction for k in keys}
+        if self.output_fraction is not None:
+            out[keys[-1]] = float(self.output_fraction)
+        layers = {k.split("/", 1)[0] for k in keys}
+        unknown = sorted(set(self.layer_fractions) - layers)
+        if unknown:
+            raise ValueError(f"layer_fractions names {unknown}, which are not prunable layers; "
+                             f"prunable layers are {sorted(layers)}")
+        for k in keys:
+            name = k.split("/", 1)[0]
+            if name in self.layer_fractions:
+                out[k] = float(self.layer_fractions[name])
+        return out
+
+    def _data_args(self, data) -> dict:
+        if isinstance(data, tf.data.Dataset):
+            return {"x": data}
+        return {"x": data[0], "y": data[1], "batch_size": self.batch_size}
+
+    def _train(self, model, start: int, level: int, kind: str, extra_callbacks=()) -> dict:
+        """Compiles a fresh optimizer at iteration ``start``, trains T - k iterations, tests."""
+        self._seed(level, kind)
+        optimizer = self.optimizer_fn()
+        model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics)
+        optimizer.iterations.assign(start)
+        history = _History(self.total - self.k)
+        epochs = int(math.ceil((self.total - self.k) / self.steps_per_epoch))
+        t0 = time.perf_counter()
+        fit_data = self._data_args(self.train_data)
+        fit_data["validation_data"] = self.validation_data
+        if isinstance(self.train_data, tf.data.Dataset):
+            fit_data["x"] = self.train_data.repeat()
+            fit_data["steps_per_epoch"] = self.steps_per_epoch
+        model.fit(**fit_data, epochs=epochs, shuffle=True, verbose=self.verbose,
+                  callbacks=[history, *extra_callbacks, *self.callbacks])
+        fit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = model.evaluate(**self._data_args(self.test_data), verbose=0, return_dict=True)
+        eval_seconds = time.perf_counter() - t0
+        accuracy = next((v for k, v in scores.items() if "acc" in k), None)
+        if accuracy is None:
+            raise ValueError("IMP needs an accuracy metric: pass metrics=('accuracy',)")
+        best = min(history.curve, key=lambda p: p["val_loss"]) if history.curve else None
+        masks = get_masks(model)
+        return {
+            "level": level, "kind": kind, "remaining": remaining(masks),
+            "test_accuracy": float(accuracy), "test_loss": float(scores.get("loss", np.nan)),
+            "best_val_accuracy": max((p["val_accuracy"] for p in history.curve), default=None),
+            "early_stop_iteration": None if best is None else best["iteration"],
+            "iterations": int(optimizer.iterations.numpy()) - start,
+            "fit_seconds": fit_seconds, "eval_seconds": eval_seconds, "curve": history.curve,
+        }
+
+    def _control(self, kind: str):
+        """The model of a control (built once) and the weights it restarts from."""
+        if kind not in self._control_models:
+            control = self._build("reinit" if kind == "reinit" else "ticket")
+            start = snapshot(control) if kind == "reinit" else self._theta_k
+            self._control_models[kind] = (control, start)
+        return self._control_models[kind]
+
+    def _controls(self, level: int, masks) -> List[dict]:
+        rows = []
+        for kind in self.controls:
+            control, start = self._control(kind)
+            rewind(control, start)
+            chosen = masks
+            if kind == "random_mask":
+                rng = np.random.default_rng([self.seed, level])
+                chosen = {k: selection.random_mask(m.shape, 1.0 - np.count_nonzero(m) / m.size,
+                                                   rng) for k, m in masks.items()}
+            set_masks(control, _remap(chosen, control))
+            rows.append(self._train(control, self.k, level, kind))
+        return rows
+
+    def run(self) -> List[dict]:
+        """Runs (or resumes) every level; returns the summary rows (one per level and kind).
+
+        Each row has ``level``, ``kind``, ``remaining`` (fraction of prunable weights left),
+        ``test_accuracy`` (0..1), ``best_val_accuracy``, ``early_stop_iteration``,
+        ``iterations``, ``fit_seconds`` and ``wall_seconds``.
+        """
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        folder = (results.RunDirectory(self.output_dir, self.config(), self.overwrite)
+                  if self.output_dir else None)
+        start_level = 0
+        if folder is not None:
+            while start_level < self.levels and folder.finished(start_level):
+                start_level += 1
+            if start_level == self.levels:
+                log.info("%s: all %d levels are finished", self.output_dir, self.levels)
+                return self._finish(folder, folder.rows(self.levels))
+            if start_level:
+                log.info("%s: resuming at level %d", self.output_dir, start_level)
+        model = self._build()
+        rows = folder.rows(start_level) if folder is not None else []
+        if start_level > 0:
+            self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
+            model.load_weights(folder.level(start_level - 1, "weights.h5"))
+        for level in range(start_level, self.levels):
+            rows += self._level(level, model, folder)
+        return self._finish(folder, rows)
+
+    def _level(self, level, model, folder) -> List[dict]:
+        t_level = time.perf_counter()
+        extra = []
+        if level == 0:
+            start = 0
+            checkpoint = RewindCheckpoint(self.k)
+            extra = [checkpoint]
+        else:
+            trained = get_weights(model)
+            masks = selection.prune_surviving(trained, get_masks(model),
+                                              self._fractions(get_masks(model)), self.scope)
+            if self.mode == "ticket":
+                rewind(model, self._theta_k)
+                start = self.k
+            else:
+                start = self.total if self.mode == "finetune" else self.k
+            set_masks(model, masks)
+        prep_seconds = time.perf_counter() - t_level
+        row = self._train(model, start, level, self.mode, extra)
+        if level == 0:
+            self._theta_k = checkpoint.values
+            if folder is not None:
+                results.write_arrays(folder.file("rewind_point.npz"), checkpoint.values)
+        masks = get_masks(model)
+        kinds = [row]
+        if level > 0:
+            kinds += self._controls(level, masks)
+        t_save = time.perf_counter()
+        if folder is not None:
+            results.write_arrays(folder.level(level, "masks.npz"), masks)
+            results.save_weights(model, folder.level(level, "weights.h5"))
+        wall = time.perf_counter() - t_level
+        train_seconds = sum(r["fit_seconds"] + r["eval_seconds"] for r in kinds)
+        overhead = wall - train_seconds
+        for r in kinds:
+            r["wall_seconds"] = wall
+        layer_remaining = {k: float(np.count_nonzero(m) / m.size) for k, m in masks.items()}
+        metrics = {"level": level, "remaining": row["remaining"],
+                   "layer_remaining": layer_remaining, "kinds": kinds,
+                   "overhead_seconds": overhead, "train_seconds": train_seconds,
+                   "overhead_share": overhead / wall,
+                   "prepare_seconds": prep_seconds,
+                   "save_seconds": time.perf_counter() - t_save}
+        if folder is not None:
+            results.write_json(folder.level(level, "metrics.json"), metrics)
+            self._tensorboard(folder, kinds)
+        self.timings.append(metrics)
+        controls = ", ".join(f"{r['kind']} {r['test_accuracy']:.4f}" for r in kinds[1:])
+        log.info("level %d: %.2f%% of weights remain, %s test accuracy %.4f%s; "
+                 "training %.2f s, overhead %.3f s (%.2f%% of the level)",
+                 level, 100 * row["remaining"], row["kind"], row["test_accuracy"],
+                 f" ({controls})" if controls else "", train_seconds, overhead,
+                 100 * overhead / wall)
+        return kinds
+
+    def _tensorboard(self, folder, kinds) -> None:
+        for r in kinds:
+            if r["kind"] not in self._writers:
+                self._writers[r["kind"]] = tf.summary.create_file_writer(
+                    folder.file(f"tensorboard/{r['kind']}"))
+            writer = self._writers[r["kind"]]
+            with writer.as_default(step=r["level"]):
+                tf.summary.scalar("test_accuracy", r["test_accuracy"])
+                tf.summary.scalar("percent_remaining", 100 * r["remaining"])
+                if r["best_val_accuracy"] is not None:
+                    tf.summary.scalar("best_val_accuracy", r["best_val_accuracy"])
+            writer.flush()
+
+    def _finish(self, folder, rows) -> List[dict]:
+        rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
+        if folder is not None:
+            folder.write_summary(rows)
+            from tf_lottery.plots import plot_accuracy_vs_remaining
+            plot_accuracy_vs_remaining(rows, folder.file("accuracy_vs_remaining.png"))
+        return rows
+
+
+@gin.configurable
+def run_imp(**kwargs) -> List[dict]:
+    """``IterativeMagnitudePruning(**kwargs).run()``."""
+    return IterativeMagnitudePruning(**kwargs).run()
