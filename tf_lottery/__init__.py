@@ -6,17 +6,29 @@
 - ``tfl.sparsify`` / ``tfl.strip``: wrap a model with masks drawn from a sparsity
   distribution / get back a plain model with exact zeros;
 - ``tfl.sparsity_distribution`` (uniform, ER, ERK) and ``tfl.sparsity_report``;
-- ``tfl.get_masks`` / ``tfl.set_masks`` / ``tfl.get_weights`` keyed by ``"layer/weight"``.
+- ``tfl.get_masks`` / ``tfl.set_masks`` / ``tfl.get_weights`` keyed by ``"layer/weight"``;
+- lottery tickets: ``tfl.IterativeMagnitudePruning`` / ``tfl.run_imp``,
+  ``tfl.RewindCheckpoint`` and ``tfl.rewind``, ``tfl.WarmupStepDecay``;
+- ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
 from tf_lottery.masking.api import (custom_object_scope, custom_objects, get_masks,
                                     get_weights, masked_layers, set_masks, sparsify,
                                     sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
+from tf_lottery.lottery.imp import IterativeMagnitudePruning, run_imp
+from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
+from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
+from tf_lottery.training.schedules import WarmupStepDecay
+from tf_lottery.training.train import train
+from tf_lottery.plots import plot_accuracy_vs_remaining
+from tf_lottery import lottery  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
+    "rewind", "run_imp", "train",
     "MaskedLayer", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",
