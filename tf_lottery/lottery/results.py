@@ -3,6 +3,7 @@
 Layout of ``output_dir``::
 
     run.json                the run's configuration (a second run must match it)
+    config.gin              the gin bindings in force, when gin configured the run
     rewind_point.npz        theta_k, the weights every ticket level is rewound to
     level_<i>/masks.npz     the masks of level i, keyed "layer/weight"
     level_<i>/weights.h5    the trained weights of the main line (model.save_weights)
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 from typing import Dict, List, Mapping, Optional
 
+import gin
 import numpy as np
 
 SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
@@ -77,6 +79,11 @@ def save_weights(model, path: str) -> None:
     _atomic(path, model.save_weights)
 
 
+def save_model(model, path: str) -> None:
+    """``model.save`` to an .h5 file, atomically."""
+    _atomic(path, model.save)
+
+
 def write_csv(path: str, rows: List[Mapping], keys=SUMMARY_KEYS) -> None:
     """Writes rows as CSV with ``keys`` first and any other keys after, atomically."""
     extra = sorted({k for row in rows for k in row} - set(keys))
@@ -127,6 +134,8 @@ class RunDirectory:
             self._clear()
         os.makedirs(path, exist_ok=True)
         write_json(run_file, self.config)
+        if gin.config_str().strip():
+            write_text(os.path.join(path, "config.gin"), gin.config_str())
 
     def _clear(self):
         for name in os.listdir(self.path):

@@ -13,7 +13,8 @@ and checkpoints that make it resumable.
 """
 import logging
 import os
-from typing import Callable, NamedTuple, Optional
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import gin
 
@@ -111,12 +112,91 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
     return {"rows": rows, "timings": runner.timings}
 
 
+def _as_dataset(data, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    if isinstance(data, tf.data.Dataset):
+        return data
+    ds = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        ds = ds.shuffle(len(data[0]), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size)
+
+
+def _steps(ds: tf.data.Dataset) -> int:
+    n = int(ds.cardinality().numpy())
+    if n < 1:
+        raise ValueError("the training data has unknown length: bind "
+                         "sparse_training.steps_per_epoch")
+    return n
+
+
+@gin.configurable
+def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
+                    optimizer: Callable = make_optimizer, epochs: int = 10,
+                    steps_per_epoch: Optional[int] = None, sparsity: float = 0.0,
+                    distribution: str = "erk", dense_layers: Sequence[str] = (),
+                    updater=None, seed: int = 0, max_steps: Optional[int] = None,
+                    verbose: int = 2):
+    """Trains one model: dense (``sparsity = 0``, no updater), static sparse, or with a
+    mask updater callback (``@RigL()``, ``@SET()``, ``@SNFS()``, gradual magnitude pruning).
+
+    Resumable: ``keras.callbacks.BackupAndRestore`` keeps the state of the epoch in
+    progress under ``output_dir/backup``; a finished run (``metrics.json``) is not
+    trained again. Writes TensorBoard logs, ``model.h5`` (the masked model;
+    ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse runs,
+    ``layer_sparsity.png``.
+    """
+    from tf_lottery.masking.api import sparsify, sparsity_report
+
+    loaded = data()
+    config = {"gin": gin.config_str(), "max_steps": max_steps}
+    folder = results.RunDirectory(output_dir, config, overwrite)
+    if os.path.exists(folder.file("metrics.json")):
+        log.info("%s: this run is finished", output_dir)
+        return results.read_json(folder.file("metrics.json"))
+    keras.utils.set_random_seed(seed)
+    net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
+    if sparsity or updater is not None:
+        net = sparsify(net, sparsity, distribution, seed=seed, dense_layers=dense_layers)
+    train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
+    test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
+    steps = steps_per_epoch or _steps(_as_dataset(loaded.train, loaded.batch_size, False, seed))
+    eval_steps = None
+    if max_steps:
+        epochs, steps, eval_steps = 1, int(max_steps), int(max_steps)
+    callbacks = [keras.callbacks.BackupAndRestore(folder.file("backup")),
+                 keras.callbacks.TensorBoard(folder.file("tensorboard"))]
+    if updater is not None:
+        callbacks.append(updater(total_steps=epochs * steps) if isinstance(updater, type)
+                         else updater)
+    net.compile(optimizer=optimizer(),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+    start = time.perf_counter()
+    history = net.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                      validation_data=test_ds, validation_steps=eval_steps, verbose=verbose)
+    fit_seconds = time.perf_counter() - start
+    scores = net.evaluate(test_ds, steps=eval_steps, verbose=0, return_dict=True)
+    results.save_model(net, folder.file("model.h5"))
+    metrics = {"test_accuracy": float(scores["accuracy"]), "test_loss": float(scores["loss"]),
+               "epochs": epochs, "steps_per_epoch": steps, "fit_seconds": fit_seconds,
+               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    if sparsity or updater is not None:
+        report = sparsity_report(net)
+        metrics["sparsity"] = report[-1]["sparsity"]
+        metrics["layers"] = list(report)
+        log.info("sparsity after training:\n%s", report)
+        from tf_lottery.plots import plot_layer_sparsity
+        plot_layer_sparsity(report, folder.file("layer_sparsity.png"))
+    results.write_json(folder.file("metrics.json"), metrics)
+    log.info("test accuracy %.4f after %d steps (%.1f s)", metrics["test_accuracy"],
+             epochs * steps, fit_seconds)
+    return metrics
+
+
 @gin.configurable
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
           tpu: Optional[str] = None, overwrite: bool = False):
     """Runs the gin-selected ``experiment`` under ``strategy``; returns its result."""
-    os.makedirs(output_dir, exist_ok=True)
-    results.write_text(os.path.join(output_dir, "config.gin"), gin.config_str())
     with make_strategy(strategy, tpu).scope():
         result = experiment(output_dir=output_dir, overwrite=overwrite)
     results.write_text(os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str())
