@@ -244,3 +244,16 @@ def test_bad_arguments(data):
             IterativeMagnitudePruning(mlp, data[0], data[1], sgd, epochs=1, **kw)
     with pytest.raises(ValueError, match="not prunable layers"):
         run(data, layer_fractions={"nope": 0.1}, levels=2)
+
+
+def test_reinit_control_differs_from_theta0_even_with_pinned_seed():
+    from tf_lottery.lottery.imp import reinitialise
+    from tf_lottery.training.models import lenet_300_100
+    a = lenet_300_100(input_shape=(8, 8, 1), seed=3)
+    b = lenet_300_100(input_shape=(8, 8, 1), seed=3)
+    np.testing.assert_array_equal(a.get_layer("fc1").kernel.numpy(), b.get_layer("fc1").kernel.numpy())
+    reinitialise(b, seed=11)
+    ka, kb = a.get_layer("fc1").kernel.numpy(), b.get_layer("fc1").kernel.numpy()
+    assert not np.any(ka == kb)
+    assert abs(ka.std() - kb.std()) < 0.1 * ka.std()
+    np.testing.assert_array_equal(b.get_layer("fc1").bias.numpy(), 0.0)

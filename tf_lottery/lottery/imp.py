@@ -14,7 +14,8 @@ is the *mode* (one main line per run):
   rate schedule is replayed from iteration k.
 
 Controls (ticket mode, levels >= 1), trained beside the ticket and never feeding the
-next level: ``"reinit"`` (the ticket's masks on a fresh random initialisation) and
+next level: ``"reinit"`` (the ticket's masks on a fresh random initialisation, drawn
+from each layer's initializer with a different seed) and
 ``"random_mask"`` (random masks with the ticket's per-layer counts on theta_k).
 Every kind trains ``T - k`` iterations, T being ``epochs`` of training data.
 """
@@ -102,6 +103,31 @@ def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     if len(keys) != len(values):
         raise ValueError("the control model has a different set of prunable weights")
     return dict(zip(keys, values))
+
+
+_INITIALISED = (("kernel", "kernel_initializer"), ("bias", "bias_initializer"),
+                ("depthwise_kernel", "depthwise_initializer"),
+                ("pointwise_kernel", "pointwise_initializer"),
+                ("embeddings", "embeddings_initializer"))
+
+
+def reinitialise(model, seed: int) -> None:
+    """Draws every initialised weight of ``model`` afresh from its layer's initializer.
+
+    Seeded initializers get ``seed`` plus the layer's position, so the draw differs from
+    the model's own initialisation even when ``model_fn`` pins a seed.
+    """
+    layers = [sub for layer in model.layers for sub in layer._flatten_layers()]
+    for index, layer in enumerate(layers):
+        for attr, init_attr in _INITIALISED:
+            variable, initializer = getattr(layer, attr, None), getattr(layer, init_attr, None)
+            if not isinstance(variable, tf.Variable) or initializer is None:
+                continue
+            config = initializer.get_config()
+            if "seed" in config:
+                config["seed"] = seed * 1009 + index
+            fresh = type(initializer).from_config(config)
+            variable.assign(fresh(variable.shape, getattr(variable, "true_dtype", variable.dtype)))
 
 
 def remaining(masks: Mapping[str, np.ndarray]) -> float:
@@ -293,6 +319,8 @@ class IterativeMagnitudePruning:
         """The model of a control (built once) and the weights it restarts from."""
         if kind not in self._control_models:
             control = self._build("reinit" if kind == "reinit" else "ticket")
+            if kind == "reinit":
+                reinitialise(control, self.seed + 1)
             start = snapshot(control) if kind == "reinit" else self._theta_k
             self._control_models[kind] = (control, start)
         return self._control_models[kind]
