@@ -25,6 +25,7 @@ setup(
         "matplotlib",
         "absl-py",
         "tensorboard",
+        "ai-edge-litert>=2.3.0",
     ],
     extras_require={
         "test": ["pytest"],

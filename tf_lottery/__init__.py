@@ -9,6 +9,8 @@
 - ``tfl.get_masks`` / ``tfl.set_masks`` / ``tfl.get_weights`` keyed by ``"layer/weight"``;
 - lottery tickets: ``tfl.IterativeMagnitudePruning`` / ``tfl.run_imp``,
   ``tfl.RewindCheckpoint`` and ``tfl.rewind``, ``tfl.WarmupStepDecay``;
+- ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
+  and sparse TFLite, sizes, FLOPs and latency;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
@@ -16,6 +18,7 @@ from tf_lottery.masking.api import (custom_object_scope, custom_objects, get_mas
                                     get_weights, masked_layers, set_masks, sparsify,
                                     sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
+from tf_lottery.export import export
 from tf_lottery.lottery.imp import IterativeMagnitudePruning, run_imp
 from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
 from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
@@ -28,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
-    "rewind", "run_imp", "train",
+    "export", "rewind", "run_imp", "train",
     "MaskedLayer", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",

@@ -1,0 +1,294 @@
+"""Export sparse models as plain TensorFlow artefacts, and measure what sparsity buys.
+
+``export(model, path)`` strips the MaskedLayers and writes, into a new folder ``path``::
+
+    saved_model/          SavedModel, signature "serving_default" (loads without tf_lottery)
+    model_dense.tflite    float TFLite model
+    model_sparse.tflite   the same, weights in TFLite's sparse format (EXPERIMENTAL_SPARSITY)
+    sparsity.json         per-weight sparsity and the masks' provenance
+    export_report.json    parameters, non-zeros, file sizes (and gzip), FLOPs, TFLite latency
+
+Before returning it loads the SavedModel with plain ``tf.saved_model.load`` in a fresh
+process that never imports tf_lottery and checks that it gives the masked model's
+outputs (max abs difference <= ``atol``) and holds exactly the model's non-zeros,
+none outside the masks. Everything is written into a temporary folder beside ``path``
+and renamed into place at the end, so ``path`` is either complete or absent.
+
+Where sparsity gives speed: see ``tf_lottery.export.tflite`` (XNNPACK's sparse kernels
+cover 1x1 convolutions of MobileNet-like CNNs on ARM; elsewhere the sparse TFLite
+model is smaller but runs at dense speed).
+
+Import the submodules with ``from tf_lottery.export import tflite`` (``tfl.export`` is
+the function).
+"""
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tf_lottery._keras import keras, tf
+from tf_lottery.export import report as _report
+from tf_lottery.export import saved_model as _saved_model
+from tf_lottery.export import tflite as _tflite
+from tf_lottery.export.saved_model import VerificationError
+from tf_lottery.masking.api import masked_layers, sparsity_report, strip
+
+SAVED_MODEL_DIR = "saved_model"
+DENSE_TFLITE = "model_dense.tflite"
+SPARSE_TFLITE = "model_sparse.tflite"
+SPARSITY_JSON = "sparsity.json"
+REPORT_JSON = "export_report.json"
+
+
+class ExportReport(dict):
+    """The content of ``export_report.json``; ``str()`` / ``table()`` give the printed table."""
+
+    def table(self) -> str:
+        return _report.table(self)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _gin_config() -> Optional[str]:
+    gin = sys.modules.get("gin")
+    if gin is None:
+        return None
+    for getter in ("operative_config_str", "config_str"):
+        try:
+            text = getattr(gin, getter)()
+        except Exception:  # gin raises if nothing is parsed / bound
+            continue
+        if text and text.strip():
+            return text
+    return None
+
+
+def _provenance(provenance: Optional[Mapping[str, object]], measured: Optional[float]) -> Dict:
+    result = {"method": None, "level": None, "gin_config": None}
+    result.update(dict(provenance or {}))
+    if result.get("gin_config") is None:
+        result["gin_config"] = _gin_config()
+    result["measured_sparsity"] = measured
+    return result
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(data), f, indent=2)
+        f.write("\n")
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    parent, base = os.path.split(path)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to "
+                                  "replace it")
+        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        os.rmdir(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def _mask_index(plain_model, model) -> Dict[int, np.ndarray]:
+    """Index in ``plain_model.variables`` -> mask, for every masked weight."""
+    by_id, by_name = {}, {}
+    for layer in masked_layers(model):
+        for weight, mask in layer.masked_weights:
+            by_id[id(weight)] = mask.numpy()
+            by_name[weight.name] = mask.numpy()
+    index = {}
+    for i, var in enumerate(plain_model.variables):
+        if id(var) in by_id:
+            index[i] = by_id[id(var)]
+        elif var.name in by_name and tuple(var.shape) == by_name[var.name].shape:
+            index[i] = by_name[var.name]
+    return index
+
+
+def export(model, path, overwrite: bool = False, sample=None,
+           provenance: Optional[Mapping[str, object]] = None, tflite: bool = True, *,
+           input_shape: Optional[Sequence[int]] = None, verify: bool = True,
+           atol: float = 1e-5, latency_runs: int = 50, num_threads: int = 1,
+           verbose: bool = True) -> ExportReport:
+    """Writes ``model`` (sparsified or plain) as a plain SavedModel, TFLite models and reports.
+
+    Args:
+      model: a built tf_keras model, usually from ``tfl.sparsify`` (Sequential or
+        functional when it has MaskedLayers, since they are stripped). A model without
+        masks is exported dense with a warning.
+      path: the folder to create; must not exist unless ``overwrite``.
+      overwrite: replace an existing ``path`` (file or folder).
+      sample: a batch (array, list of arrays, or {input name: array}) for the check;
+        default: 4 random examples (floats ~ N(0, 1); integer inputs 0/1, so pass a
+        real batch for token ids).
+      provenance: how the masks were made, saved in ``sparsity.json``: e.g.
+        {"method": "rigl", "level": 0.9, "gin_config": "..."} (any JSON-able extra keys
+        are kept). gin_config defaults to gin's operative config if gin is in use.
+      tflite: also convert to dense and sparse TFLite and measure their latency. If the
+        converter fails (an op TFLite lacks), the SavedModel is still written and the
+        report says why TFLite failed.
+      input_shape: input shape without the batch dimension, for a model built without
+        Input layers (or pass ``sample``).
+      verify: check the SavedModel in a fresh process without tf_lottery (see module doc);
+        raises ``VerificationError`` (and writes nothing) when it differs.
+      atol: largest allowed absolute output difference in the check.
+      latency_runs, num_threads: TFLite latency = median of ``latency_runs`` invocations
+        per model, interleaved, with this many interpreter threads.
+      verbose: print the report table.
+
+    Returns:
+      The report (an ``ExportReport`` dict, also saved as ``export_report.json``).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    masked = bool(masked_layers(model))
+    if not masked:
+        warnings.warn(f"model {model.name!r} has no masks (no MaskedLayer): exporting it "
+                      "dense; sparsity.json reports the zeros it has", UserWarning,
+                      stacklevel=2)
+
+    specs = _saved_model.input_specs(model, sample, input_shape)
+    batch = (_saved_model.normalize_sample(sample, specs) if sample is not None
+             else _saved_model.make_sample(specs))
+    reference = _saved_model.flat_outputs(model(_saved_model.model_inputs(batch),
+                                                training=False))
+    plain = strip(model) if masked else model
+    mask_index = _mask_index(plain, model) if masked else {}
+    try:
+        rows = sparsity_report(model)
+    except ValueError:  # no prunable layer at all
+        rows = []
+    layers, total = list(rows[:-1]), (dict(rows[-1]) if rows else None)
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
+        names = _saved_model.save(plain, sm_dir, specs)
+        verification = None
+        if verify:
+            verification = _saved_model.verify(sm_dir, batch, reference, names,
+                                               plain.variables, mask_index, atol)
+
+        files = {SAVED_MODEL_DIR: _report.file_sizes(sm_dir)}
+        tflite_info = {"enabled": bool(tflite), "error": None}
+        latency, analysis = None, None
+        if tflite:
+            converted = _tflite.convert_both(sm_dir)
+            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse")):
+                if converted[key] is not None:
+                    with open(os.path.join(tmp, name), "wb") as f:
+                        f.write(converted[key])
+                    files[name] = _report.file_sizes(os.path.join(tmp, name))
+            if converted["error"]:
+                tflite_info["error"] = converted["error"]
+                tflite_info["error_detail"] = converted["error_detail"][:4000]
+                warnings.warn(f"TFLite conversion failed; the SavedModel is written: "
+                              f"{converted['error']}", UserWarning, stacklevel=2)
+            else:
+                try:
+                    analysis = _tflite.analyze_sparse(converted["sparse"])
+                    latency = _tflite.measure_latency(
+                        {"dense": converted["dense"], "sparse": converted["sparse"]},
+                        runs=latency_runs, num_threads=num_threads,
+                        example={k: v[:1] for k, v in batch.items()},
+                        reference={n: r[:1] for n, r in zip(names, reference)})
+                    med = latency["median_ms"]
+                    latency["speedup"] = med["dense"] / med["sparse"] if med["sparse"] else None
+                except Exception as error:  # the TFLite files are written; say why no timing
+                    tflite_info["latency_error"] = f"{type(error).__name__}: {error}"[:2000]
+                    warnings.warn("TFLite models written but could not be run: "
+                                  + tflite_info["latency_error"], UserWarning, stacklevel=2)
+            tflite_info["sparse_encoding"] = analysis
+
+        flops = _report.flops(plain)
+        size_ratio = {}
+        if DENSE_TFLITE in files and SPARSE_TFLITE in files:
+            d, s = files[DENSE_TFLITE], files[SPARSE_TFLITE]
+            size_ratio = {"tflite": d["bytes"] / s["bytes"],
+                          "tflite_gzip": d["gzip_bytes"] / s["gzip_bytes"]}
+        note = (_tflite.speed_note(analysis, latency["speedup"] if latency else None)
+                if tflite and not tflite_info["error"] else "")
+        sparsity = {
+            "format": "tf-lottery sparsity v1",
+            "model": model.name,
+            "masked": masked,
+            "sparsity": total["sparsity"] if total else 0.0,
+            "provenance": _provenance(provenance, total["sparsity"] if total else None),
+            "layers": layers,
+            "total": total,
+            "versions": {"tf_lottery": _version(), "tensorflow": tf.__version__},
+        }
+        result = ExportReport({
+            "path": path,
+            "model": model.name,
+            "masked": masked,
+            "parameters": _report.parameter_counts(plain),
+            "prunable": total,
+            "flops": flops,
+            "files": files,
+            "gzip_level": _report.GZIP_LEVEL,
+            "size_ratio": size_ratio,
+            "latency": latency,
+            "tflite": tflite_info,
+            "verification": verification,
+            "speed_note": note,
+            "host": {"machine": platform.machine(), "processor": platform.processor(),
+                     "xnnpack_sparse_kernels": _tflite.host_allows_xnnpack_sparse()},
+            "signature": {"key": _saved_model.SIGNATURE_KEY,
+                          "inputs": [s.name for s in specs], "outputs": names},
+        })
+        _write_json(os.path.join(tmp, SPARSITY_JSON), sparsity)
+        _write_json(os.path.join(tmp, REPORT_JSON), result)
+        _move_into_place(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = ExportReport(_jsonable(dict(result)))
+    if verbose:
+        print(result.table())
+    return result
+
+
+def _version() -> str:
+    try:
+        from tf_lottery import __version__
+        return __version__
+    except ImportError:  # pragma: no cover - during tf_lottery's own import
+        return "unknown"
+
+
+__all__ = ["export", "ExportReport", "VerificationError"]
+
+# tf_lottery/__init__.py binds ``tfl.export`` to the function above, which hides this
+# subpackage as an attribute of tf_lottery; ``import tf_lottery.export.tflite as m``
+# looks the submodules up through that attribute, so the function carries them too.
+export.saved_model, export.tflite, export.report = _saved_model, _tflite, _report
