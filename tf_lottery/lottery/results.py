@@ -19,36 +19,15 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from typing import Dict, List, Mapping, Optional
 
 import gin
 import numpy as np
 
+from tf_lottery._io import atomic_write, write_text
+
 SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
                 "early_stop_iteration", "iterations", "fit_seconds", "wall_seconds")
-
-
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    _atomic(path, write)
 
 
 def write_json(path: str, data) -> None:
@@ -66,7 +45,7 @@ def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def read_arrays(path: str) -> Dict[str, np.ndarray]:
@@ -76,12 +55,12 @@ def read_arrays(path: str) -> Dict[str, np.ndarray]:
 
 def save_weights(model, path: str) -> None:
     """``model.save_weights`` to an .h5 file, atomically."""
-    _atomic(path, model.save_weights)
+    atomic_write(path, model.save_weights)
 
 
 def save_model(model, path: str) -> None:
     """``model.save`` to an .h5 file, atomically."""
-    _atomic(path, model.save)
+    atomic_write(path, model.save)
 
 
 def write_csv(path: str, rows: List[Mapping], keys=SUMMARY_KEYS) -> None:
