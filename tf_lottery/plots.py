@@ -65,3 +65,78 @@ def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitud
     axes.set_xticklabels([f"{t:g}" for t in ticks])
     figure.tight_layout()
     _save_figure(figure, path)
+
+
+def _sparsity_rows(report_or_masks):
+    """[(label, sparsity 0..1, params)] from a report, a masks mapping or a model."""
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    if hasattr(report_or_masks, "layers") and hasattr(report_or_masks, "optimizer"):
+        from tf_lottery.masking.api import sparsity_report
+
+        report_or_masks = sparsity_report(report_or_masks)
+    if isinstance(report_or_masks, Mapping):
+        rows = []
+        for key, mask in report_or_masks.items():
+            values = np.asarray(mask)
+            rows.append((str(key), 1.0 - np.count_nonzero(values) / max(values.size, 1),
+                         int(values.size)))
+        return rows
+    rows = []
+    for row in report_or_masks:
+        if row.get("layer") == "total":
+            continue
+        label = row["layer"] if row.get("weight") in (None, "", "kernel") else (
+            f"{row['layer']}/{row['weight']}")
+        rows.append((label, float(row["sparsity"]), int(row.get("params", 0))))
+    return rows
+
+
+def plot_layer_sparsity(report_or_masks, path: str, title: str = "Per-layer sparsity"):
+    """Bar chart of the sparsity of every masked weight, in model order (as the RigL
+    paper's figure of ResNet-50's ERK / uniform layer sparsities).
+
+    Args:
+      report_or_masks: a ``tfl.sparsity_report(model)`` (rows with ``layer``, ``weight``,
+        ``sparsity``, ``params``), a mapping ``"layer/weight" -> 0/1 mask`` (e.g.
+        ``tfl.get_masks(model)``), or a (sparsified) tf_keras model.
+      path: the PNG to write (atomically: temporary file, then rename).
+      title: figure title.
+
+    Returns:
+      ``path``.
+
+    Bars give the sparsity (%) per weight; the overall sparsity (parameter-weighted) is a
+    dashed line. Weights named ``kernel`` are labelled by their layer only.
+    """
+    from matplotlib.figure import Figure
+
+    rows = _sparsity_rows(report_or_masks)
+    if not rows:
+        raise ValueError("plot_layer_sparsity: nothing to plot (no masked or prunable weight)")
+    labels = [r[0] for r in rows]
+    values = [100.0 * r[1] for r in rows]
+    params = [r[2] for r in rows]
+    width = min(max(6.4, 0.28 * len(rows) + 2.0), 40.0)
+    figure = Figure(figsize=(width, 4.2), dpi=120)
+    axes = figure.add_subplot(1, 1, 1)
+    positions = list(range(len(rows)))
+    axes.bar(positions, values, color="#4C72B0", width=0.8)
+    total_params = sum(params)
+    if total_params:
+        overall = sum(v * p for v, p in zip(values, params)) / total_params
+        axes.axhline(overall, color="gray", linestyle="--", linewidth=1,
+                     label=f"overall {overall:.1f}%")
+        axes.legend(loc="lower right")
+    axes.set_xticks(positions)
+    axes.set_xticklabels(labels, rotation=90, fontsize=7 if len(rows) > 20 else 8)
+    axes.set_xlim(-0.6, len(rows) - 0.4)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("sparsity (%)")
+    axes.set_title(title)
+    axes.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
