@@ -3,24 +3,14 @@
 matplotlib with the Agg backend only (no display needed); every PNG is written to a
 temporary file beside its target and renamed into place.
 """
-import os
-import tempfile
+from tf_lottery._io import atomic_write
 
 
 def _save_figure(figure, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
 def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitude pruning"):
