@@ -38,6 +38,9 @@ def _walk(model) -> Iterator:
 
 def _prunable_weights(layer):
     """The weights tfmot would prune in ``layer``; None if tfmot cannot prune it."""
+    if type(layer) is keras.layers.DepthwiseConv2D:
+        # tfmot registers it with no prunable weight: its kernel would stay dense unnoticed
+        return None
     if isinstance(layer, MaskedLayer):
         return [w for w, _ in layer.masked_weights]
     if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(
@@ -187,7 +190,8 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
       seed: seed of the random masks (numpy ``default_rng``); None draws a fresh one.
       dense_layers, custom_sparsity, erk_power_scale: as in ``sparsity_distribution``.
         Layers tfmot cannot prune but that have trainable weights (a Dense subclass,
-        DepthwiseConv2D) must be listed in ``dense_layers`` to be left dense.
+        DepthwiseConv2D) must be listed in ``dense_layers`` to be left dense; a class
+        name there (``"DepthwiseConv2D"``) covers every layer of that class.
 
     Returns:
       The sparsified model (not compiled).
@@ -196,6 +200,9 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     _check_traversable(model)
     if mask_init not in MASK_INITS:
         raise ValueError(f"unknown mask_init {mask_init!r}; use one of {MASK_INITS}")
+    if distribution not in distributions.METHODS + ("global",):
+        raise ValueError(f"unknown distribution {distribution!r}; use one of "
+                         f"{distributions.METHODS + ('global',)}")
     if distribution == "global" and mask_init != "magnitude":
         raise ValueError("distribution='global' selects weights by magnitude across layers; "
                          "pass mask_init='magnitude'")
@@ -205,7 +212,11 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
                          "tfl.set_masks, or tfl.strip it first")
     _require_units(model, units)
-    skip = set(dense_layers or ())
+    classes = {type(layer).__name__ for layer in _walk(model)}
+    skip = {n for n in (dense_layers or ()) if n not in classes}
+    skip_classes = {n for n in (dense_layers or ()) if n in classes}
+    skip |= {layer.name for layer in _walk(model) if type(layer).__name__ in skip_classes
+             and (layer in unsupported or any(u.layer is layer for u in units))}
     blocked = [layer for layer in unsupported if layer.name not in skip]
     if blocked:
         raise ValueError(
@@ -260,11 +271,16 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
     unknown = sorted(set(masks) - known)
     if unknown:
         raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    updates = []
     for layer in masked_layers(model):
         keys = [u.key for u in units if u.layer is layer]
         if any(k in masks for k in keys):
             current = layer.get_masks()
-            layer.set_masks([masks.get(k, c) for k, c in zip(keys, current)])
+            updates.append((layer, [masks.get(k, c) for k, c in zip(keys, current)]))
+    for layer, values in updates:  # check every layer's masks before changing any
+        layer._check_masks(values)
+    for layer, values in updates:
+        layer.set_masks(values)
 
 
 def get_weights(model) -> Dict[str, np.ndarray]:

@@ -46,11 +46,17 @@ def unmasked_forward():
 
 
 def _short_name(weight, layer) -> str:
-    name = weight.name.split(":")[0]
-    prefix = layer.name + "/"
-    if name.startswith(prefix):
-        name = name[len(prefix):]
-    return name
+    """``weight``'s name inside ``layer``: "kernel", "query/kernel", "lstm_cell/kernel".
+
+    Drops the name scope up to the layer's own name, or up to its MaskedLayer's name: a
+    layer built by its wrapper (from_config, h5 loading) gets "masked_layer_<name>/kernel".
+    """
+    parts = weight.name.split(":")[0].split("/")
+    scopes = (layer.name, "masked_layer_" + layer.name)
+    for i, part in enumerate(parts[:-1]):
+        if part in scopes:
+            return "/".join(parts[i + 1:])
+    return "/".join(parts)
 
 
 def _find_owner(layer, weight) -> Tuple[object, str]:
@@ -65,6 +71,26 @@ def _find_owner(layer, weight) -> Tuple[object, str]:
         "sublayers; MaskedLayer masks a weight by replacing that attribute in the forward "
         "pass. Store each prunable weight as an attribute (e.g. self.kernel = "
         "self.add_weight(...)).")
+
+
+def _build_lazy_sublayers(layer) -> None:
+    """Creates weights that ``layer`` would create only on its first call.
+
+    A MultiHeadAttention restored by ``from_config`` (``Model.from_config``, h5 and
+    SavedModel loading) has its projection sublayers but not their kernels, which the
+    masks need at build time; its config remembers the input shapes, so build them here.
+    """
+    if not (isinstance(layer, keras.layers.MultiHeadAttention)
+            and getattr(layer, "_built_from_signature", False)):
+        return
+    heads = tf.TensorShape([layer._num_heads, layer._value_dim])
+    shapes = [(layer._query_dense, layer._query_shape), (layer._key_dense, layer._key_shape),
+              (layer._value_dense, layer._value_shape),
+              (layer._output_dense, layer._query_shape[:-1].concatenate(heads))]
+    for sublayer, shape in shapes:
+        if not sublayer.built:
+            with tf.name_scope(sublayer.name):
+                sublayer.build(shape)
 
 
 @keras.utils.register_keras_serializable(package="tf_lottery")
@@ -94,6 +120,7 @@ class MaskedLayer(_PruneLowMagnitude):
 
     def build(self, input_shape):
         keras.layers.Wrapper.build(self, input_shape)
+        _build_lazy_sublayers(self.layer)
         pairs, owners, used = [], [], set()
         for weight in self.layer.get_prunable_weights():
             name = _short_name(weight, self.layer).replace("/", "_") + "_mask"
@@ -140,10 +167,18 @@ class MaskedLayer(_PruneLowMagnitude):
 
     def set_masks(self, masks) -> None:
         """Sets every mask (0/1 arrays shaped like the weights) and zeroes the masked weights."""
+        values = self._check_masks(masks)
+        for (_, mask), value in zip(self.masked_weights, values):
+            mask.assign(value)
+        self.apply_masks()
+
+    def _check_masks(self, masks) -> List[np.ndarray]:
+        """The masks as float32 arrays; raises ValueError (before any change) if one is bad."""
         masks = list(masks)
         if len(masks) != len(self.masked_weights):
             raise ValueError(f"{self.name}: expected {len(self.masked_weights)} masks, "
                              f"got {len(masks)}")
+        values = []
         for (weight, mask), value in zip(self.masked_weights, masks):
             value = np.asarray(value, dtype=np.float32)
             if tuple(value.shape) != tuple(mask.shape):
@@ -151,8 +186,8 @@ class MaskedLayer(_PruneLowMagnitude):
                                  f"expected {tuple(mask.shape)}")
             if not np.all((value == 0) | (value == 1)):
                 raise ValueError(f"{self.name}: masks must hold only 0s and 1s")
-            mask.assign(value)
-        self.apply_masks()
+            values.append(value)
+        return values
 
     def apply_masks(self) -> None:
         """Writes ``weight * mask`` into every masked weight (restores the invariant)."""
