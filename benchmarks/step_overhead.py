@@ -5,8 +5,8 @@ Two shapes of work, each trained with ``model.fit`` on synthetic data (one fixed
 repeated) in three variants:
 
 - ``dense``: the plain tf_keras model;
-- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: forward pass uses
-  ``weight * mask``);
+- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: the forward pass reads
+  each weight through an identity whose gradient is ``upstream * mask``);
 - ``tfmot``: ``tfmot.sparsity.keras.prune_low_magnitude(model, ConstantSparsity(0.9, 0))``
   with the ``UpdatePruningStep`` callback (it also re-ranks weights every 100 steps).
 
@@ -26,12 +26,12 @@ rounds rather than few long ones: a slow spell on the machine then hits every va
     python benchmarks/step_overhead.py                 # default run, ~5-7 min on 2 cores
     python benchmarks/step_overhead.py --quick         # ~2-3 min
     python benchmarks/step_overhead.py --shapes lenet --rounds 40 --lenet-steps 100
-    python benchmarks/step_overhead.py --diagnose      # + "ours, no multiply" variant
+    python benchmarks/step_overhead.py --diagnose      # + "ours, no gradient mask" variant
 
 ``--diagnose`` adds ``ours_nomul``: the same sparsified model with its train function
-traced inside ``tf_lottery.masking.wrapper.unmasked_forward()``, so the forward pass uses
-the weights without the ``* mask`` (masked weights are still 0 at the start but are no
-longer kept at 0). ``ours`` minus its time is the cost of the per-step multiply.
+traced inside ``tf_lottery.masking.wrapper.unmasked_forward()``, so the weights are read
+without the gradient mask (masked weights are still 0 at the start but are no longer kept
+at 0). ``ours`` minus its time is the cost of the per-step ``grad * mask``.
 
 The "mask state" column is the memory of the variables each method adds: our float32
 masks; tfmot's masks plus one threshold per weight and one int64 step per wrapper.

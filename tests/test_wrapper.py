@@ -230,12 +230,19 @@ def test_set_masks_zeroes_weights_and_call_uses_the_mask():
     np.testing.assert_array_equal(layer.get_masks()[0], mask)
     np.testing.assert_array_equal(layer.layer.kernel.numpy(),
                                   np.arange(1, 13).reshape(4, 3) * mask)
-    # a write behind the wrapper's back: the forward pass still multiplies by the mask
-    layer.layer.kernel.assign(np.ones((4, 3)))
     x = np.eye(4, dtype="float32")
-    np.testing.assert_array_equal(layer(x).numpy(), mask)   # bias is 0
+    np.testing.assert_array_equal(layer(x).numpy(), np.arange(1, 13).reshape(4, 3) * mask)
+    # the gradient of every masked entry is exactly 0, of the others the dense one
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * np.arange(12, dtype="float32").reshape(4, 3))
+    grad = tape.gradient(loss, layer.layer.kernel).numpy()
+    np.testing.assert_array_equal(grad, np.arange(12).reshape(4, 3) * mask)
+    # a write behind the wrapper's back is visible until apply_masks re-zeroes it
+    layer.layer.kernel.assign(np.ones((4, 3)))
+    np.testing.assert_array_equal(layer(x).numpy(), np.ones((4, 3)))   # bias is 0
     layer.apply_masks()
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), mask)
+    np.testing.assert_array_equal(layer(x).numpy(), mask)
     # set_weights zeroes the masked entries too
     layer.set_weights([np.full((4, 3), 2.0), np.zeros(3)])
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), 2 * mask)

@@ -16,7 +16,7 @@
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
-from tf_lottery.masking.api import (custom_object_scope, custom_objects, get_masks,
+from tf_lottery.masking.api import (apply_masks, custom_object_scope, custom_objects, get_masks,
                                     get_weights, masked_layers, set_masks, sparsify,
                                     sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
@@ -37,7 +37,7 @@ __all__ = [
     "GradualMagnitudePruning", "RigL", "SET", "SNFS", "StaticSparse", "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "export", "rewind", "run_imp", "train",
-    "MaskedLayer", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
+    "MaskedLayer", "apply_masks", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",
 ]

@@ -283,6 +283,12 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
         layer.set_masks(values)
 
 
+def apply_masks(model) -> None:
+    """Re-zeroes every masked weight of ``model`` (after writing weights directly)."""
+    for layer in masked_layers(model):
+        layer.apply_masks()
+
+
 def get_weights(model) -> Dict[str, np.ndarray]:
     """Weight key -> current values of every prunable weight (wrapped or plain)."""
     return {u.key: u.weight.numpy() for u in _units(model)}
@@ -299,8 +305,7 @@ def strip(model):
     """
     _check_model(model)
     _check_traversable(model)
-    for layer in masked_layers(model):
-        layer.apply_masks()
+    apply_masks(model)
     return tfmot.sparsity.keras.strip_pruning(model)
 
 

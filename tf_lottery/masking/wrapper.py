@@ -8,10 +8,15 @@ one 0/1 mask variable per prunable weight, and the masks change only when
 tf-lottery sets them (sparsify, IMP pruning, RigL updates).
 
 Invariant: every masked entry of a weight variable is exactly 0. Setting masks
-writes ``weight * mask`` once; in between, the forward pass uses ``weight * mask``,
-so the loss gradient of a masked entry is exactly 0 and a gradient-based optimizer
-(SGD with momentum, Adam, L2 regularisers, decoupled weight decay, loss scaling)
-leaves the zero where it is without any per-step write.
+(and ``set_weights``, rewinding, RigL updates, ``strip``) writes ``weight * mask``
+once; in between, the forward pass reads the weight through an identity whose
+gradient is ``upstream * mask``, so the loss gradient of a masked entry is exactly 0
+and a gradient-based optimizer (SGD with momentum, Adam, L2 regularisers, decoupled
+weight decay, loss scaling) leaves the zero where it is without any per-step write.
+Masking the gradient rather than the forward weight saves one elementwise pass per
+kernel and step (measured in ``benchmarks/step_overhead.py``). Weights written behind
+the wrapper's back (``model.load_weights`` of a dense checkpoint, ``kernel.assign``)
+are re-zeroed by ``tfl.apply_masks(model)``.
 """
 import contextlib
 import inspect
@@ -22,6 +27,14 @@ import numpy as np
 from tf_lottery._keras import keras, tf
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude as _PruneLowMagnitude)
+
+
+@tf.custom_gradient
+def _masked_gradient(value, mask):
+    """The weight as it is (masked entries are already 0), with gradient ``upstream * mask``."""
+    def grad(upstream):
+        return upstream * mask, None
+    return tf.identity(value), grad
 
 
 class _State:
@@ -150,7 +163,7 @@ class MaskedLayer(_PruneLowMagnitude):
             for (owner, attr), (weight, mask) in zip(self._owners, self.masked_weights):
                 value = tf.convert_to_tensor(weight)
                 originals.append((owner, attr, getattr(owner, attr)))
-                object.__setattr__(owner, attr, value * tf.cast(mask, value.dtype))
+                object.__setattr__(owner, attr, _masked_gradient(value, tf.cast(mask, value.dtype)))
             return self.layer.call(inputs, **kwargs)
         finally:
             for owner, attr, original in originals:
