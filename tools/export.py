@@ -1,79 +1,36 @@
 """Export a saved sparse tf_keras model: plain SavedModel, dense/sparse TFLite, reports.
 
-    python tools/export.py --checkpoint=run/model.keras --output_dir=run/export
+    python tools/export.py --checkpoint=run/model.h5 --output_dir=run/export
 
-``--checkpoint`` is a tf_keras model saved with ``model.save`` (SavedModel folder, .keras
-or .h5), usually a masked model from tfl.sparsify / training; ``--output_dir`` must not
-exist unless ``--overwrite``. Writes saved_model/, model_dense.tflite,
-model_sparse.tflite, sparsity.json and export_report.json (see tf_lottery.export) and
-prints the report table.
+Same as ``tf-lottery export``; see ``tf_lottery.export.cli`` for the flags.
 """
 import os
 import sys
 
 from absl import app, flags
 
-# Run as a script, the flags are absl's global ones (app.run parses them). Imported (by a
-# test, or another tool), they live in a private FlagValues, so they cannot clash with
-# another tool's flags of the same names: parse them with FLAGS(argv), then main(argv).
-FLAGS = flags.FLAGS if __name__ == "__main__" else flags.FlagValues()
-
-flags.DEFINE_string("checkpoint", None, "Saved tf_keras model (SavedModel dir, .keras or .h5).",
-                    flag_values=FLAGS)
-flags.DEFINE_string("output_dir", None, "Folder to create with the export.", flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace --output_dir if it exists.", flag_values=FLAGS)
-flags.DEFINE_bool("tflite", True, "Also write dense and sparse TFLite models and time them.",
-                  flag_values=FLAGS)
-flags.DEFINE_list("input_shape", None,
-                  "Input shape without batch (e.g. 32,32,3), for models without Input layers.",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("verify", True, "Check the SavedModel in a fresh process without tf_lottery.",
-                  flag_values=FLAGS)
-flags.DEFINE_integer("latency_runs", 50, "TFLite invocations per model for the median latency.",
-                     flag_values=FLAGS)
-flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads.", flag_values=FLAGS)
-flags.DEFINE_string("method", None, "Provenance: how the masks were made (e.g. rigl, imp).",
-                    flag_values=FLAGS)
-flags.DEFINE_float("level", None, "Provenance: the target sparsity.", flag_values=FLAGS)
-flags.DEFINE_multi_string("gin_file", [], "Provenance: gin config file(s) of the run.",
-                          flag_values=FLAGS)
-
 # Runs from a checkout without installing: make the repo importable.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+from tf_lottery.export import cli  # noqa: E402
 
-def load_checkpoint(path: str):
-    """The tf_keras model saved at ``path``, MaskedLayers included."""
-    import tf_lottery as tfl
-    from tf_lottery._keras import keras
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
+# Run as a script, the flags are absl's global ones (app.run parses them). Imported (by a
+# test, or another tool), they live in a private FlagValues, so they cannot clash with
+# another tool's flags of the same names: parse them with FLAGS(argv), then main(argv).
+FLAGS = flags.FLAGS if __name__ == "__main__" else flags.FlagValues()
+cli.define_flags(FLAGS)
+load_checkpoint = cli.load_checkpoint
 
 
 def export_checkpoint():
     """Runs the export the flags describe; returns the report (a dict)."""
-    if not FLAGS.checkpoint or not FLAGS.output_dir:
-        raise app.UsageError("--checkpoint and --output_dir are required")
-    from tf_lottery.export import export
-    model = load_checkpoint(FLAGS.checkpoint)
-    gin_config = None
-    if FLAGS.gin_file:
-        gin_config = "\n".join(open(f, encoding="utf-8").read() for f in FLAGS.gin_file)
-    provenance = {"method": FLAGS.method, "level": FLAGS.level, "gin_config": gin_config,
-                  "checkpoint": os.path.abspath(FLAGS.checkpoint)}
-    input_shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
-    return export(model, FLAGS.output_dir, overwrite=FLAGS.overwrite, provenance=provenance,
-                  tflite=FLAGS.tflite, input_shape=input_shape, verify=FLAGS.verify,
-                  latency_runs=FLAGS.latency_runs, num_threads=FLAGS.num_threads)
+    return cli.export_checkpoint(FLAGS)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    export_checkpoint()
+    cli.main(argv, FLAGS)
 
 
 if __name__ == "__main__":
