@@ -6,19 +6,40 @@
   (``IterativeMagnitudePruning.*`` bindings: levels, fraction, rewind_step, mode, ...);
 - ``@sparse_training``: one training run of a model that is dense (``sparsity = 0``),
   sparse from scratch (``sparsity``, ``distribution``) with an optional mask updater
-  callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``, gradual magnitude pruning).
+  callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``,
+  ``@GradualMagnitudePruning`` with ``GradualMagnitudePruning.schedule =
+  @PolynomialDecay()``).
 
-Each run writes the operative gin config, TensorBoard logs, a final ``metrics.json``
-and checkpoints that make it resumable.
+Each run writes the operative gin config, TensorBoard logs, checkpoints that make it
+resumable and its final metrics as JSON (``metrics.json`` for ``sparse_training``,
+``summary.json`` / ``summary.csv`` for IMP); ``train.export = True`` also exports the
+final model with ``tf_lottery.export.export`` into ``output_dir/export``.
+
+The smoke override ``train.max_steps = N`` shortens every experiment: IMP runs 2
+levels of N iterations (late rewinding rewinds to iteration 1; tf.data test and
+validation sets are cut to N batches); ``sparse_training`` trains N steps, skips the
+per-epoch validation and evaluates N test batches (RigL-style updaters end their updates
+at 75% of the N steps, gradual pruning reaches its final sparsity at step N).
+
+Under ``MultiWorkerMirroredStrategy`` only the chief writes into ``output_dir``; every
+other worker works in a private temporary copy of it that is deleted at the end (as
+TensorFlow's multi-worker guide recommends). Resuming a multi-worker run needs
+``output_dir`` on a filesystem all workers see.
 """
+import hashlib
+import inspect
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import gin
+import numpy as np
 
-from tf_lottery._keras import keras, tf
+from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.lottery import results
 from tf_lottery.lottery.imp import IterativeMagnitudePruning
 from tf_lottery.training import datasets
@@ -28,8 +49,65 @@ log = logging.getLogger("tf_lottery")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
+# --------------------------------------------------------------------------- gin registration
+
+def _ensure_configurable(cls, module: str) -> bool:
+    """Registers ``cls`` with gin (as ``module.ClassName``) unless gin knows it already.
+
+    Returns True when this call registered it.
+    """
+    registry = gin.config._REGISTRY  # pylint: disable=protected-access
+    for selector in registry.matching_selectors(cls.__name__):
+        configurable = registry[selector]
+        if cls in (configurable.wrapped, configurable.wrapper):
+            return False
+    gin.external_configurable(cls, name=cls.__name__, module=module)
+    return True
+
+
+def _register_external() -> None:
+    # TODO(registration): move to the defining modules (tf_lottery/dst/callback.py for the
+    # callbacks); this only registers what gin does not know yet.
+    try:
+        from tf_lottery import dst
+    except ImportError as error:  # keep IMP and dense training usable
+        log.warning("tf_lottery.dst is unavailable (%s): @RigL & co. are not configurable",
+                    error)
+    else:
+        for cls in (dst.RigL, dst.SET, dst.SNFS, dst.StaticSparse,
+                    dst.GradualMagnitudePruning):
+            _ensure_configurable(cls, "tf_lottery.dst")
+    sparsity = tfmot.sparsity.keras
+    for cls in (sparsity.PolynomialDecay, sparsity.ConstantSparsity):
+        _ensure_configurable(cls, "tfmot.sparsity.keras")
+
+
+_register_external()
+
+
+def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
+    """Parses gin config ``files`` then ``bindings`` (``gin.parse_config_files_and_bindings``).
+
+    The folder of every file joins gin's search path, so ``include 'base/x.gin'`` in a
+    config resolves next to it whatever the working directory. Unknown configurables or
+    parameters raise gin's error naming the file and line, before anything runs.
+    """
+    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    for path in reversed(list(files)):
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder in prefixes:
+            prefixes.remove(folder)
+        prefixes.insert(0, folder)  # before '' (the working directory): no lookup noise
+    gin.parse_config_files_and_bindings([os.path.abspath(f) for f in files], list(bindings))
+
+
+# --------------------------------------------------------------------------- strategy
+
 def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distribute.Strategy:
-    """The tf.distribute strategy called ``name`` (see ``STRATEGIES``)."""
+    """The tf.distribute strategy called ``name`` (see ``STRATEGIES``).
+
+    ``multi_worker`` reads the cluster from the ``TF_CONFIG`` environment variable.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -43,6 +121,37 @@ def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distri
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}; use one of {STRATEGIES}")
 
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the results (TF's multi-worker convention: the
+    ``chief`` task, or worker 0 when the cluster has no chief; always True without a
+    cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if resolver is None or task_type is None or task_type == "chief":
+        return True
+    if task_type != "worker" or int(resolver.task_id or 0) != 0:
+        return False
+    return "chief" not in resolver.cluster_spec().as_dict()
+
+
+def _worker_dir(output_dir: str, strategy) -> Optional[str]:
+    """For a non-chief worker: a private temporary copy of ``output_dir`` (None for the
+    chief). The copy lets every worker see the same finished levels when resuming."""
+    if is_chief(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    tmp = tempfile.mkdtemp(prefix=f"tf_lottery_{resolver.task_type}{resolver.task_id}_")
+    if os.path.isdir(output_dir):
+        try:
+            shutil.copytree(output_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+                "tensorboard", "backup", "export", ".tmp-*"))
+        except shutil.Error as error:  # a file the chief replaced while we copied
+            log.warning("copying %s for worker %s: %s", output_dir, resolver.task_id, error)
+    return tmp
+
+
+# --------------------------------------------------------------------------- building blocks
 
 @gin.configurable
 def make_optimizer(name: str = "adam", learning_rate=1e-3, momentum: float = 0.0,
@@ -61,29 +170,50 @@ def make_optimizer(name: str = "adam", learning_rate=1e-3, momentum: float = 0.0
 
 
 class Data(NamedTuple):
-    """What ``data()`` returns: train and test data, their ``DatasetInfo``, the batch size."""
+    """What ``data()`` returns: train and test data, their ``DatasetInfo``, the batch size,
+    and validation data (None: validate on the test data)."""
     train: object
     test: object
     info: datasets.DatasetInfo
     batch_size: int
+    validation: object = None
 
 
 @gin.configurable
 def data(name: str = gin.REQUIRED, batch_size: int = 60, data_dir: Optional[str] = None,
-         eval_batch_size: Optional[int] = None, seed: int = 0) -> Data:
-    """Train and test data of dataset ``name``.
+         eval_batch_size: Optional[int] = None, seed: int = 0, train_split: str = "train",
+         test_split: str = "test", validation_split: Optional[str] = None,
+         synthetic: Optional[Mapping] = None) -> Data:
+    """Train, test (and validation) data of dataset ``name``.
 
     ``digits`` comes as numpy arrays (fast ``fit`` on 1,797 examples); every other
-    dataset as batched ``tf.data`` pipelines.
+    dataset as batched ``tf.data`` pipelines (``get_dataset.*`` bindings apply, e.g.
+    ``get_dataset.augment = False``). TFDS splits take slices: Frankle & Carbin hold out
+    5,000 training images for validation (``train_split = 'train[:90%]'``,
+    ``validation_split = 'train[90%:]'`` on CIFAR-10); the validation split is never
+    augmented. ``synthetic`` holds the options of the ``synthetic`` dataset
+    (``{'input_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 1024}``).
     """
-    info = datasets.dataset_info(name)
+    synthetic = dict(synthetic or {})
+    info = datasets.dataset_info(name, **(synthetic if name == "synthetic" else {}))
     if name == "digits":
+        if (train_split, test_split, validation_split) != ("train", "test", None):
+            raise ValueError("dataset 'digits' has only the splits 'train' and 'test' "
+                             "(no slicing, no validation split)")
         x_train, y_train, x_test, y_test = datasets.load_digits_arrays()
         return Data((x_train, y_train), (x_test, y_test), info, batch_size)
-    train_ds = datasets.get_dataset(name, "train", batch_size, data_dir=data_dir, seed=seed)
-    test_ds = datasets.get_dataset(name, "test", eval_batch_size or batch_size,
-                                   data_dir=data_dir, shuffle=False)
-    return Data(train_ds, test_ds, info, batch_size)
+    options = synthetic if name == "synthetic" else {}
+    eval_batch = eval_batch_size or batch_size
+    train_ds = datasets.get_dataset(name, train_split, batch_size, data_dir=data_dir, seed=seed,
+                                    **options)
+    test_ds = datasets.get_dataset(name, test_split, eval_batch, data_dir=data_dir,
+                                   shuffle=False, augment=False, **options)
+    validation = None
+    if validation_split:
+        validation = datasets.get_dataset(name, validation_split, eval_batch,
+                                          data_dir=data_dir, shuffle=False, augment=False,
+                                          **options)
+    return Data(train_ds, test_ds, info, batch_size, validation)
 
 
 def _model_fn(model: Callable, info):
@@ -94,22 +224,94 @@ def _model_fn(model: Callable, info):
     return build
 
 
+def _bound(name: str, default=None):
+    """The value gin binds to ``name`` (``"Configurable.param"``), else ``default``."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
+
+
+def _take(dataset, steps: int):
+    return dataset.take(steps) if isinstance(dataset, tf.data.Dataset) else dataset
+
+
+def _checksum(arrays) -> str:
+    digest = hashlib.sha256()
+    for value in arrays:
+        value = np.ascontiguousarray(np.asarray(value))
+        digest.update(str((value.shape, value.dtype)).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checksums(model) -> dict:
+    """Short sha256 digests of a model's masks (if any) and of all its weights: equal
+    digests on every worker show that replicas hold the same model."""
+    from tf_lottery.masking.api import get_masks, masked_layers
+
+    out = {"weights": _checksum(model.get_weights())}
+    if masked_layers(model):
+        out["masks"] = _checksum(get_masks(model).values())
+    return out
+
+
+def _export(model, output_dir: str, provenance: dict) -> Optional[str]:
+    """``tf_lottery.export.export(model, output_dir/export)``; skips an existing export."""
+    from tf_lottery.export import export as export_model
+
+    path = os.path.join(output_dir, "export")
+    if os.path.exists(path):
+        log.info("%s exists: not exporting again", path)
+        return path
+    export_model(model, path, provenance=provenance, verbose=False)
+    log.info("exported the final model to %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------- experiments
+
 @gin.configurable
 def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
-                   optimizer: Callable = make_optimizer, max_steps: Optional[int] = None):
+                   optimizer: Callable = make_optimizer, max_steps: Optional[int] = None,
+                   data_dir: Optional[str] = None, export: bool = False):
     """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin).
 
-    ``max_steps`` shortens the run to a smoke test: 2 levels of ``max_steps`` iterations.
+    ``max_steps`` shortens the run to a smoke test: 2 levels of ``max_steps`` iterations,
+    a nonzero ``rewind_step`` becomes iteration 1, and tf.data test and validation sets
+    are cut to ``max_steps`` batches. ``export`` exports the last level's ticket.
     """
-    loaded = data()
+    loaded = data(**({"data_dir": data_dir} if data_dir else {}))
+    test, validation = loaded.test, loaded.validation
     kwargs = {"batch_size": loaded.batch_size}
     if max_steps:
-        kwargs.update(epochs=1, steps_per_epoch=int(max_steps), levels=2, rewind_step=0)
+        max_steps = int(max_steps)
+        rewind_to = 0 if str(_bound("IterativeMagnitudePruning.rewind_step", 0)) in (
+            "0", "0it", "0ep") or max_steps < 2 else 1
+        kwargs.update(epochs=1, steps_per_epoch=max_steps, levels=2, rewind_step=rewind_to)
+        test, validation = _take(test, max_steps), _take(validation, max_steps)
+    if validation is not None:
+        kwargs["validation_data"] = validation
+    build = _model_fn(model, loaded.info)
     runner = IterativeMagnitudePruning(
-        model_fn=_model_fn(model, loaded.info), train_data=loaded.train, test_data=loaded.test,
-        optimizer_fn=optimizer, output_dir=output_dir, overwrite=overwrite, **kwargs)
+        model_fn=build, train_data=loaded.train, test_data=test, optimizer_fn=optimizer,
+        output_dir=output_dir, overwrite=overwrite, **kwargs)
     rows = runner.run()
-    return {"rows": rows, "timings": runner.timings}
+    result = {"rows": rows, "timings": runner.timings}
+    last = runner.levels - 1
+    masks_file = os.path.join(output_dir, f"level_{last}", "masks.npz")
+    if os.path.exists(masks_file):
+        result["checksums"] = {"masks": _checksum(results.read_arrays(masks_file).values())}
+    if export:
+        from tf_lottery.masking.api import sparsify
+        ticket = sparsify(build(), 0.0)
+        ticket.load_weights(os.path.join(output_dir, f"level_{last}", "weights.h5"))
+        main = [r for r in rows if r["level"] == last and r["kind"] == runner.mode]
+        _export(ticket, output_dir, {
+            "method": f"imp_{runner.mode}", "level": last,
+            "remaining": main[0]["remaining"] if main else None,
+            "rewind_step": str(runner.rewind_step), "scope": runner.scope})
+    return result
 
 
 def _as_dataset(data, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -129,76 +331,191 @@ def _steps(ds: tf.data.Dataset) -> int:
     return n
 
 
+def _make_updater(updater, total_steps: int, max_steps: Optional[int], log_dir: str):
+    """An updater instance: classes get ``total_steps`` and ``log_dir`` (and, in a smoke
+    run, a schedule that updates within ``max_steps``)."""
+    if updater is None or not isinstance(updater, type):
+        return updater
+    from tf_lottery import dst
+
+    kwargs = {"total_steps": total_steps, "log_dir": log_dir}
+    if max_steps and issubclass(updater, (dst.RigL, dst.SET, dst.SNFS, dst.StaticSparse)):
+        kwargs["end_step"] = None  # 75% of the smoke run (a configured end_step is beyond it)
+    elif max_steps and issubclass(updater, dst.GradualMagnitudePruning):
+        kwargs["schedule"] = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=float(_bound("PolynomialDecay.initial_sparsity", 0.0)),
+            final_sparsity=float(_bound("PolynomialDecay.final_sparsity", 0.5)),
+            begin_step=0, end_step=int(max_steps), frequency=1)
+    return updater(**kwargs)
+
+
+def _method(updater, sparsity: float) -> str:
+    if updater is None:
+        return "static" if sparsity else "dense"
+    cls = updater if isinstance(updater, type) else type(updater)
+    for base in cls.__mro__:
+        if base.__module__.startswith("tf_lottery"):
+            return base.__name__
+    return cls.__name__
+
+
 @gin.configurable
 def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
                     optimizer: Callable = make_optimizer, epochs: int = 10,
                     steps_per_epoch: Optional[int] = None, sparsity: float = 0.0,
                     distribution: str = "erk", dense_layers: Sequence[str] = (),
-                    updater=None, seed: int = 0, max_steps: Optional[int] = None,
-                    verbose: int = 2):
+                    updater=None, seed: int = 0, label_smoothing: float = 0.0,
+                    max_steps: Optional[int] = None, verbose: int = 2,
+                    data_dir: Optional[str] = None, backup_dir: Optional[str] = None,
+                    export: bool = False):
     """Trains one model: dense (``sparsity = 0``, no updater), static sparse, or with a
-    mask updater callback (``@RigL()``, ``@SET()``, ``@SNFS()``, gradual magnitude pruning).
+    mask updater callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``,
+    ``@GradualMagnitudePruning``; a class gets ``total_steps`` and ``log_dir`` here).
+
+    ``dense_layers`` (layer names or classes, e.g. ``('DepthwiseConv2D',)``) stay dense.
+    ``label_smoothing`` > 0 trains with one-hot labels smoothed by that amount (RigL's
+    ImageNet recipe uses 0.1).
 
     Resumable: ``keras.callbacks.BackupAndRestore`` keeps the state of the epoch in
-    progress under ``output_dir/backup``; a finished run (``metrics.json``) is not
-    trained again. Writes TensorBoard logs, ``model.h5`` (the masked model;
-    ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse runs,
-    ``layer_sparsity.png``.
+    progress under ``backup_dir`` (default ``output_dir/backup``); a finished run
+    (``metrics.json``) is not trained again. Writes TensorBoard logs, ``model.h5`` (the
+    masked model; ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse
+    runs, ``layer_sparsity.png``.
     """
-    from tf_lottery.masking.api import sparsify, sparsity_report
+    from tf_lottery.masking.api import custom_object_scope, sparsify, sparsity_report
 
-    loaded = data()
+    loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     config = {"gin": gin.config_str(), "max_steps": max_steps}
     folder = results.RunDirectory(output_dir, config, overwrite)
+    method = _method(updater, sparsity)
     if os.path.exists(folder.file("metrics.json")):
         log.info("%s: this run is finished", output_dir)
-        return results.read_json(folder.file("metrics.json"))
+        metrics = results.read_json(folder.file("metrics.json"))
+        if export:
+            with custom_object_scope():
+                net = keras.models.load_model(folder.file("model.h5"), compile=False)
+            _export(net, output_dir, {"method": method, "level": sparsity})
+        return metrics
     keras.utils.set_random_seed(seed)
     net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
     if sparsity or updater is not None:
         net = sparsify(net, sparsity, distribution, seed=seed, dense_layers=dense_layers)
     train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
     test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
+    val_ds = (test_ds if loaded.validation is None
+              else _as_dataset(loaded.validation, loaded.batch_size, False, seed))
     steps = steps_per_epoch or _steps(_as_dataset(loaded.train, loaded.batch_size, False, seed))
     eval_steps = None
     if max_steps:
         epochs, steps, eval_steps = 1, int(max_steps), int(max_steps)
-    callbacks = [keras.callbacks.BackupAndRestore(folder.file("backup")),
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if label_smoothing:
+        classes = loaded.info.num_classes
+
+        def one_hot(x, y):
+            return x, tf.one_hot(tf.cast(y, tf.int32), classes)
+
+        train_ds, test_ds, val_ds = (d.map(one_hot) for d in (train_ds, test_ds, val_ds))
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                    label_smoothing=float(label_smoothing))
+    callbacks = [keras.callbacks.BackupAndRestore(backup_dir or folder.file("backup")),
                  keras.callbacks.TensorBoard(folder.file("tensorboard"))]
-    if updater is not None:
-        callbacks.append(updater(total_steps=epochs * steps) if isinstance(updater, type)
-                         else updater)
-    net.compile(optimizer=optimizer(),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+    callback = _make_updater(updater, epochs * steps, max_steps, folder.file("tensorboard"))
+    if callback is not None:
+        callbacks.append(callback)
+    net.compile(optimizer=optimizer(), loss=loss, metrics=["accuracy"])
     start = time.perf_counter()
     history = net.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-                      validation_data=test_ds, validation_steps=eval_steps, verbose=verbose)
+                      validation_data=None if max_steps else val_ds, verbose=verbose)
     fit_seconds = time.perf_counter() - start
     scores = net.evaluate(test_ds, steps=eval_steps, verbose=0, return_dict=True)
     results.save_model(net, folder.file("model.h5"))
-    metrics = {"test_accuracy": float(scores["accuracy"]), "test_loss": float(scores["loss"]),
-               "epochs": epochs, "steps_per_epoch": steps, "fit_seconds": fit_seconds,
+    metrics = {"method": method, "test_accuracy": float(scores["accuracy"]),
+               "test_loss": float(scores["loss"]), "epochs": epochs,
+               "steps_per_epoch": steps, "fit_seconds": fit_seconds,
+               "checksums": checksums(net),
                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
     if sparsity or updater is not None:
         report = sparsity_report(net)
         metrics["sparsity"] = report[-1]["sparsity"]
         metrics["layers"] = list(report)
         log.info("sparsity after training:\n%s", report)
-        from tf_lottery.plots import plot_layer_sparsity
-        plot_layer_sparsity(report, folder.file("layer_sparsity.png"))
+        drawn = folder.file(os.path.join("tensorboard", "layer_sparsity.png"))
+        if os.path.exists(drawn):  # the updater callback drew the final masks already
+            shutil.copyfile(drawn, folder.file("layer_sparsity.png"))
+        else:
+            from tf_lottery.plots import plot_layer_sparsity
+            plot_layer_sparsity(report, folder.file("layer_sparsity.png"))
     results.write_json(folder.file("metrics.json"), metrics)
     log.info("test accuracy %.4f after %d steps (%.1f s)", metrics["test_accuracy"],
              epochs * steps, fit_seconds)
+    if export:
+        _export(net, output_dir, {"method": method, "level": metrics.get("sparsity", 0.0)})
     return metrics
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 @gin.configurable
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
-          tpu: Optional[str] = None, overwrite: bool = False):
-    """Runs the gin-selected ``experiment`` under ``strategy``; returns its result."""
-    with make_strategy(strategy, tpu).scope():
-        result = experiment(output_dir=output_dir, overwrite=overwrite)
-    results.write_text(os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str())
+          tpu: Optional[str] = None, overwrite: bool = False, max_steps: Optional[int] = None,
+          export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0):
+    """Runs the gin-selected ``experiment`` under ``strategy``; returns its result.
+
+    Args:
+      output_dir: where the run writes its results (only the chief writes here).
+      experiment: ``@imp_experiment``, ``@sparse_training`` or any callable taking
+        ``output_dir`` and ``overwrite`` (and, if it accepts them, ``max_steps``,
+        ``data_dir``, ``export``, ``backup_dir``).
+      strategy, tpu: see ``make_strategy``.
+      overwrite: replace a different run found in ``output_dir``.
+      max_steps: smoke override; every experiment honours it (see the module doc).
+      export: export the final model into ``output_dir/export`` (chief only).
+      data_dir: tensorflow-datasets data directory (overrides ``data.data_dir``).
+      mock_data: if > 0, TFDS datasets are replaced by this many random examples per
+        split (``tfds.testing.mock_data``): for smoke tests without the data.
+    """
+    dist = make_strategy(strategy, tpu)
+    private = _worker_dir(output_dir, dist)
+    write_dir = private or output_dir
+    kwargs = {"output_dir": write_dir, "overwrite": overwrite}
+    optional = {"max_steps": int(max_steps) if max_steps else None, "data_dir": data_dir,
+                "export": bool(export) and private is None,
+                "backup_dir": os.path.join(output_dir, "backup")}
+    for name, value in optional.items():
+        if value and _accepts(experiment, name):
+            kwargs[name] = value
+    try:
+        with dist.scope():
+            if mock_data:
+                import tensorflow_datasets as tfds
+                with tfds.testing.mock_data(num_examples=int(mock_data)):
+                    result = experiment(**kwargs)
+            else:
+                result = experiment(**kwargs)
+        results.write_text(os.path.join(write_dir, "operative_config.gin"),
+                           gin.operative_config_str())
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
     return result
 
+
+def summary(result) -> dict:
+    """The JSON-able essentials of ``train``'s result (printed by the binary)."""
+    if isinstance(result, Mapping) and "rows" in result:
+        keys = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration")
+        return {"rows": [{k: r.get(k) for k in keys} for r in result["rows"]],
+                "checksums": result.get("checksums")}
+    if isinstance(result, Mapping):
+        keys = ("method", "test_accuracy", "test_loss", "sparsity", "checksums")
+        return {k: result[k] for k in keys if k in result}
+    return {"result": json.loads(json.dumps(result, default=str))}
