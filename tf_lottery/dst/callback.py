@@ -733,4 +733,7 @@ class GradualMagnitudePruning(MaskUpdateCallback):
 # gin: ``@RigL`` / ``tf_lottery.dst.RigL.delta_t = 100`` etc. in .gin files.
 for _cls in (RigL, SET, SNFS, StaticSparse, GradualMagnitudePruning):
     gin.configurable(_cls, module="tf_lottery.dst")
+# tfmot's schedules, for ``GradualMagnitudePruning.schedule = @PolynomialDecay()``.
+for _cls in (tfmot.sparsity.keras.PolynomialDecay, tfmot.sparsity.keras.ConstantSparsity):
+    gin.external_configurable(_cls, module="tfmot.sparsity.keras")
 del _cls

@@ -49,42 +49,6 @@ log = logging.getLogger("tf_lottery")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-# --------------------------------------------------------------------------- gin registration
-
-def _ensure_configurable(cls, module: str) -> bool:
-    """Registers ``cls`` with gin (as ``module.ClassName``) unless gin knows it already.
-
-    Returns True when this call registered it.
-    """
-    registry = gin.config._REGISTRY  # pylint: disable=protected-access
-    for selector in registry.matching_selectors(cls.__name__):
-        configurable = registry[selector]
-        if cls in (configurable.wrapped, configurable.wrapper):
-            return False
-    gin.external_configurable(cls, name=cls.__name__, module=module)
-    return True
-
-
-def _register_external() -> None:
-    # TODO(registration): move to the defining modules (tf_lottery/dst/callback.py for the
-    # callbacks); this only registers what gin does not know yet.
-    try:
-        from tf_lottery import dst
-    except ImportError as error:  # keep IMP and dense training usable
-        log.warning("tf_lottery.dst is unavailable (%s): @RigL & co. are not configurable",
-                    error)
-    else:
-        for cls in (dst.RigL, dst.SET, dst.SNFS, dst.StaticSparse,
-                    dst.GradualMagnitudePruning):
-            _ensure_configurable(cls, "tf_lottery.dst")
-    sparsity = tfmot.sparsity.keras
-    for cls in (sparsity.PolynomialDecay, sparsity.ConstantSparsity):
-        _ensure_configurable(cls, "tfmot.sparsity.keras")
-
-
-_register_external()
-
-
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
     """Parses gin config ``files`` then ``bindings`` (``gin.parse_config_files_and_bindings``).
 
