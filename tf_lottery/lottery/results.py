@@ -15,6 +15,7 @@ run killed at any moment leaves either the old file or the new one, never half o
 A level counts as finished when its ``metrics.json`` exists (it is written last).
 """
 import csv
+import hashlib
 import io
 import json
 import os
@@ -46,6 +47,16 @@ def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write(path, write)
+
+
+def digest(arrays, max_bytes: Optional[int] = None) -> str:
+    """Short sha256 of arrays' shapes, dtypes and bytes (the first ``max_bytes`` of each)."""
+    hasher = hashlib.sha256()
+    for value in arrays:
+        value = np.ascontiguousarray(np.asarray(value))
+        hasher.update(str((value.shape, value.dtype)).encode())
+        hasher.update(value.tobytes()[:max_bytes])
+    return hasher.hexdigest()[:16]
 
 
 def read_arrays(path: str) -> Dict[str, np.ndarray]:

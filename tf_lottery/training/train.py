@@ -26,7 +26,6 @@ other worker works in a private temporary copy of it that is deleted at the end 
 TensorFlow's multi-worker guide recommends). Resuming a multi-worker run needs
 ``output_dir`` on a filesystem all workers see.
 """
-import hashlib
 import inspect
 import json
 import logging
@@ -37,7 +36,6 @@ import time
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import gin
-import numpy as np
 
 from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.lottery import results
@@ -200,23 +198,14 @@ def _take(dataset, steps: int):
     return dataset.take(steps) if isinstance(dataset, tf.data.Dataset) else dataset
 
 
-def _checksum(arrays) -> str:
-    digest = hashlib.sha256()
-    for value in arrays:
-        value = np.ascontiguousarray(np.asarray(value))
-        digest.update(str((value.shape, value.dtype)).encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()[:16]
-
-
 def checksums(model) -> dict:
     """Short sha256 digests of a model's masks (if any) and of all its weights: equal
     digests on every worker show that replicas hold the same model."""
     from tf_lottery.masking.api import get_masks, masked_layers
 
-    out = {"weights": _checksum(model.get_weights())}
+    out = {"weights": results.digest(model.get_weights())}
     if masked_layers(model):
-        out["masks"] = _checksum(get_masks(model).values())
+        out["masks"] = results.digest(get_masks(model).values())
     return out
 
 
@@ -265,7 +254,7 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
     last = runner.levels - 1
     masks_file = os.path.join(output_dir, f"level_{last}", "masks.npz")
     if os.path.exists(masks_file):
-        result["checksums"] = {"masks": _checksum(results.read_arrays(masks_file).values())}
+        result["checksums"] = {"masks": results.digest(results.read_arrays(masks_file).values())}
     if export:
         from tf_lottery.masking.api import sparsify
         ticket = sparsify(build(), 0.0)
