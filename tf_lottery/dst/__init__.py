@@ -2,7 +2,8 @@
 as tf_keras callbacks over the masked layers (see ``tf_lottery.dst.callback``)."""
 from tf_lottery.dst import schedules, updaters  # noqa: F401
 from tf_lottery.dst.callback import (GradualMagnitudePruning, MaskUpdateCallback, RigL, SET,
-                                     SNFS, StaticSparse, optimizer_slots)
+                                     SNFS, StaticSparse)
+from tf_lottery.masking.state import optimizer_slots
 
 __all__ = ["GradualMagnitudePruning", "MaskUpdateCallback", "RigL", "SET", "SNFS",
            "StaticSparse", "optimizer_slots", "schedules", "updaters"]
