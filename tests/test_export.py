@@ -119,7 +119,7 @@ def exports(tmp_path_factory):
     tool = _load_tool()
     out = root / "conv"
     argv = ["export.py", f"--checkpoint={checkpoint}", f"--output_dir={out}", "--method=rigl",
-            "--level=0.8", f"--gin_file={gin_file}", "--latency_runs=5"]
+            "--sparsity=0.8", f"--gin_file={gin_file}", "--latency_runs=5"]
     tool.FLAGS(argv)
     try:
         stdout = io.StringIO()
@@ -282,10 +282,18 @@ def test_existing_path_refused_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         export(model, file_target, verbose=False)
 
-    report = export(model, target, overwrite=True, tflite=False, verify=False, verbose=False)
+    with pytest.warns(UserWarning, match="moved it aside"):
+        report = export(model, target, overwrite=True, tflite=False, verify=False,
+                        verbose=False)
     assert sorted(os.listdir(target)) == ["export_report.json", "saved_model", "sparsity.json"]
     assert report["tflite"]["enabled"] is False and report["latency"] is None
-    assert sorted(os.listdir(tmp_path)) == ["file", "out"]  # no temporary folders left
+    names = sorted(os.listdir(tmp_path))  # no temporary folders left; the user's file kept
+    assert names[:2] == ["file", "out"] and len(names) == 3, names
+    assert (tmp_path / names[2] / "keep.txt").read_text() == "old"
+    assert names[2].startswith("out.old-")
+    export(model, target, overwrite=True, tflite=False, verify=False, verbose=False)
+    assert sorted(os.listdir(tmp_path)) == names  # an export replaces an export
+    assert oct(os.stat(target).st_mode & 0o777) == oct(0o777 & ~_umask())
 
 
 def test_compare_rejects_differences():
@@ -341,3 +349,9 @@ def test_tools_export_main_on_saved_checkpoint(exports):
     assert data["provenance"]["gin_config"] == "train.steps = 10\n"
     assert data["provenance"]["checkpoint"].endswith("model.keras")
     assert made["report"]["verification"]["masked_weights_checked"] == 3
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

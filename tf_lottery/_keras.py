@@ -7,6 +7,9 @@ of tf_lottery imports ``keras`` (and ``tf``, ``tfmot``) from here.
 """
 import os
 
+from tf_lottery import _quiet
+
+_quiet.install_for_binaries()  # before TensorFlow loads: the binaries' logs stay readable
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import tensorflow as tf  # noqa: E402

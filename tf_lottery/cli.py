@@ -1,14 +1,24 @@
 """Command-line entry points: ``tf-lottery train ...`` and ``tf-lottery export ...``.
 
 Thin absl mains: flags -> gin -> ``tf_lottery.training.train.train``. ``tools/train.py``
-calls the same function (``run("train")``).
+and ``tools/export.py`` call the same functions (``run("train")``, ``run("export")``).
+
+What a person sees: ``--help`` lists the command's own flags and exits 0; a mistake the
+user can fix (a bad flag or gin value, a refused folder, missing data) is one line
+``tf-lottery COMMAND: what is wrong and the fix`` and exit status 2 (``--verbosity=1`` or
+``TF_LOTTERY_TRACEBACK=1`` show the traceback); Ctrl-C says where the run stopped and
+that the same command resumes it (exit status 130).
 """
 import json
+import logging as pylogging
+import os
+import re
 import sys
 
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
+TRACEBACK_ENV = "TF_LOTTERY_TRACEBACK"
 
 TRAIN_USAGE = """Trains with gin: dense, IMP (lottery tickets, controls, baselines), RigL / SET /
 SNFS / static sparse, gradual magnitude pruning; gin_configs/ holds one file per paper setting.
@@ -19,7 +29,17 @@ SNFS / static sparse, gradual magnitude pruning; gin_configs/ holds one file per
 
 --strategy=multi_worker reads the cluster from the TF_CONFIG environment variable (see the
 README, "Multi-worker training"). Smoke run of any config: --gin_param='train.max_steps = 2'
-(IMP: 2 levels of 2 iterations; other experiments: 2 training and 2 evaluation steps).
+or TF_LOTTERY_MAX_STEPS=2 (IMP: 2 levels of 2 iterations; other experiments: 2 training and
+2 evaluation steps). Re-running the same command resumes an interrupted run; a finished run
+is left as it is.
+"""
+
+EXPORT_USAGE = """Exports a run's model (any IMP level and kind, or a training run's model) or a
+saved model as a plain SavedModel, dense and sparse TFLite, sparsity.json and a report.
+
+  tf-lottery export --run_dir=RUN [--level=N] [--kind=ticket|reinit|random_mask|...]
+      [--output_dir=DIR] [--overwrite] [--notflite] [--noverify]
+  tf-lottery export --checkpoint=MODEL.h5 --output_dir=DIR
 """
 
 TRAIN_FLAGS = ("gin_file", "gin_param", "output_dir", "strategy", "tpu", "data_dir",
@@ -44,7 +64,8 @@ def _train_flag_definitions():
         "data_dir": lambda: flags.DEFINE_string(
             "data_dir", None, "tensorflow-datasets data_dir"),
         "overwrite": lambda: flags.DEFINE_bool(
-            "overwrite", False, "replace a different run found in --output_dir"),
+            "overwrite", False, "move a different tf-lottery run found in --output_dir aside "
+            "(to OUTPUT_DIR.old-<time>) and start again; never touches other files"),
         "export": lambda: flags.DEFINE_bool(
             "export", False, "export the final model into OUTPUT_DIR/export"),
         "mock_data": lambda: flags.DEFINE_integer(
@@ -64,7 +85,7 @@ def define_train_flags() -> None:
             define()
             _DEFINED_HERE.append(name)
     FLAGS.unparse_flags()
-    # absl's --help lists the key flags of the main module (sys.argv[0]): make these key.
+    # absl's --helpshort lists the key flags of the main module (sys.argv[0]): make these key.
     for name in TRAIN_FLAGS:
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
@@ -77,6 +98,82 @@ def forget_train_flags() -> None:
             delattr(FLAGS, name)
 
 
+# ------------------------------------------------------------------ messages
+
+class UserError(Exception):
+    """A mistake the user can fix; the binary prints its message on one line."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: gin's multi-line context (file, line, the
+    binding) joined with spaces, carets and object addresses dropped."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and set(ln) != {"^"}]
+    text = " ".join(lines) or type(error).__name__
+    return re.sub(r" ?\(<(function|class) [^>]*>\)", "", text)
+
+
+def _tracebacks_wanted() -> bool:
+    verbosity = FLAGS["verbosity"].value if "verbosity" in FLAGS else 0
+    return os.environ.get(TRACEBACK_ENV) == "1" or (verbosity or 0) >= 1
+
+
+def _user_errors():
+    """Exception types that are the user's to fix (bad values, refused folders, data)."""
+    return (UserError, app.UsageError, flags.Error, ValueError, TypeError, KeyError,
+            FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+def _fail(command: str, message: str):
+    sys.stdout.flush()
+    print(f"tf-lottery {command}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _where_it_stopped(output_dir) -> str:
+    """Where an interrupted run stands, read from its folder."""
+    if not output_dir or not os.path.exists(os.path.join(output_dir, "run.json")):
+        return "nothing was saved yet"
+    from tf_lottery.lottery import results
+
+    config = results.read_json(os.path.join(output_dir, "run.json"))
+    if "levels" in config:
+        levels = int(config["levels"])
+        done = 0
+        while done < levels and os.path.exists(
+                os.path.join(output_dir, f"level_{done}", "metrics.json")):
+            done += 1
+        if done == 0:
+            return f"level 0 of {levels} was in progress (no level is finished)"
+        return (f"levels 0-{done - 1} of {levels} are saved in {output_dir}, level {done} "
+                "was in progress")
+    if os.path.exists(os.path.join(output_dir, "metrics.json")):
+        return f"the run in {output_dir} had finished"
+    return (f"the last finished epoch is saved in {os.path.join(output_dir, 'backup')}"
+            if os.path.isdir(os.path.join(output_dir, "backup")) else
+            "the first epoch was in progress")
+
+
+def _guard(command: str, main, output_dir=lambda: None):
+    """``main`` with one-line user errors (exit 2) and a readable Ctrl-C (exit 130)."""
+    def guarded(argv):
+        try:
+            main(argv)
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            print(f"\ntf-lottery {command}: interrupted; {_where_it_stopped(output_dir())}. "
+                  "Run the same command again to resume.", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except _user_errors() as error:
+            if _tracebacks_wanted():
+                raise
+            _fail(command, one_line(error))
+    return guarded
+
+
+# ------------------------------------------------------------------ train
+
 def _parse_gin(files, bindings) -> None:
     """Parses gin files and bindings; an unknown configurable or parameter stops here,
     before any training, with gin's message naming the file and line."""
@@ -85,33 +182,87 @@ def _parse_gin(files, bindings) -> None:
     try:
         parse_gin(files, bindings)
     except (ValueError, KeyError, TypeError, IOError, SyntaxError) as error:
-        raise SystemExit(f"tf-lottery train: bad gin configuration: {error}") from error
+        raise UserError(f"bad gin configuration: {one_line(error)}") from error
+
+
+def _readable_logs() -> None:
+    """tf-lottery's INFO lines with a short prefix (time); TensorFlow's Python logger only
+    for errors (its warnings about saving and tracing are known and harmless), unless
+    ``--verbosity=1``."""
+    logging.get_absl_handler().setFormatter(
+        pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    pylogging.getLogger("tf_lottery").setLevel(pylogging.INFO)
+    if (FLAGS.verbosity or 0) < 1:
+        logging.set_verbosity(logging.WARNING)
+        pylogging.getLogger("tensorflow").setLevel(pylogging.ERROR)
 
 
 def train_main(argv) -> None:
     """Parses gin (errors name the file and line, before any training) and trains."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; bindings go in --gin_param")
+        raise UserError(f"unexpected arguments {argv[1:]}; gin bindings go in "
+                        "--gin_param='...'")
     if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
+        raise UserError("--output_dir is required: the folder the run writes into (a new "
+                        "one, or the folder of the run to resume)")
+    if not FLAGS.gin_file and not FLAGS.gin_param:
+        raise UserError("no configuration: give --gin_file=gin_configs/CONFIG.gin (see "
+                        "gin_configs/ and the README)")
     import tf_lottery  # noqa: F401  (registers every configurable)
-    from tf_lottery.training import datasets
     from tf_lottery.training import train as training
 
     bindings = list(FLAGS.gin_param)
     if FLAGS.mock_data:
         bindings.append(f"train.mock_data = {int(FLAGS.mock_data)}")
     _parse_gin(list(FLAGS.gin_file), bindings)
-    logging.set_verbosity(logging.INFO)
+    _readable_logs()
     kwargs = {"overwrite": FLAGS.overwrite}
     for name in ("strategy", "tpu", "data_dir", "export"):
         if FLAGS[name].present:
             kwargs[name] = FLAGS[name].value
-    try:
-        result = training.train(FLAGS.output_dir, **kwargs)
-    except datasets.DatasetNotPreparedError as error:
-        raise SystemExit(f"tf-lottery train: {error}") from error
+    if (FLAGS.verbosity or 0) >= 1:
+        kwargs["verbose"] = 2  # one line per epoch
+    result = training.train(FLAGS.output_dir, **kwargs)
     print("tf-lottery result: " + json.dumps(training.summary(result), default=str), flush=True)
+
+
+# ------------------------------------------------------------------ export
+
+def export_main(argv) -> None:
+    """Exports a run's model or a saved model (see ``tf_lottery.export.cli``)."""
+    from tf_lottery.export import cli as export_cli
+
+    _readable_logs()
+    export_cli.main(argv)
+
+
+# ------------------------------------------------------------------ running
+
+def _help_requested(argv) -> bool:
+    return any(a in ("-h", "--help", "-?", "--helpshort") for a in argv[1:])
+
+
+def _print_help(usage: str, names) -> None:
+    """The usage text and the command's own flags (``--helpfull`` lists every flag)."""
+    print(usage.rstrip() + "\n\nflags:")
+    for name in names:
+        flag = FLAGS[name]
+        label = f"--[no]{name}" if isinstance(flag, flags.BooleanFlag) else f"--{name}"
+        default = "" if flag.default in (None, [], "") else f" (default: {flag.default_as_str})"
+        print(f"  {label}: {flag.help}{default}")
+    print("  --verbosity=1: tracebacks for errors, one line per epoch, TensorFlow's C++ logs"
+          "\n\nTry --helpfull for every flag (TensorFlow's and absl's).")
+
+
+def _parse_or_fail(command: str, argv) -> None:
+    """Parses ``argv`` to check it (a bad flag is a one-line error), then unparses so
+    ``app.run`` parses it again from scratch."""
+    try:
+        FLAGS(argv)
+    except flags.Error as error:
+        _fail(command, f"{one_line(error)} (tf-lottery {command} --help lists the flags)")
+    finally:
+        FLAGS.unparse_flags()
 
 
 def run(command: str, argv=None) -> None:
@@ -119,25 +270,26 @@ def run(command: str, argv=None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if command == "train":
         define_train_flags()
-        main_module = sys.modules.get("__main__")
-        if main_module is not None and not getattr(main_module, "__doc__", None):
-            main_module.__doc__ = TRAIN_USAGE
-        app.run(train_main, argv=argv)
+        usage, names, main = TRAIN_USAGE, TRAIN_FLAGS, train_main
     elif command == "export":
-        try:
-            from tf_lottery.export import cli as export_cli
-        except ImportError:
-            raise SystemExit("tf-lottery export is not available in this version; run "
-                             "python tools/export.py --help") from None
+        from tf_lottery.export import cli as export_cli
+
         export_cli.define_flags()
-        app.run(export_cli.main, argv=argv)
+        usage, names, main = EXPORT_USAGE, export_cli.FLAG_NAMES, export_main
     else:
-        raise SystemExit(f"unknown command {command!r}; use 'train' or 'export'")
+        raise SystemExit(f"tf-lottery: unknown command {command!r}; use 'train' or 'export'")
+    if _help_requested(argv):
+        _print_help(usage, names)
+        raise SystemExit(0)
+    _parse_or_fail(command, argv)
+    output_dir = (lambda: FLAGS.output_dir) if command == "train" else (lambda: None)
+    app.run(_guard(command, main, output_dir), argv=argv)
 
 
 def main() -> None:
     """``tf-lottery COMMAND [--flags]``; ``tf-lottery COMMAND --help`` lists the flags."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
-        print("usage: tf-lottery {train,export} [--flags]   (tf-lottery train --help)")
+        print("usage: tf-lottery {train,export} [--flags]   (tf-lottery train --help, "
+              "tf-lottery export --help)")
         raise SystemExit(0 if len(sys.argv) >= 2 else 2)
     run(sys.argv[1], [f"{sys.argv[0]} {sys.argv[1]}"] + sys.argv[2:])

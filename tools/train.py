@@ -14,6 +14,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+if __name__ == "__main__":
+    os.environ.setdefault("TF_LOTTERY_QUIET", "1")  # before TensorFlow loads (tf_lottery._quiet)
+
 from tf_lottery import cli  # noqa: E402
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tf_lottery._io import honour_umask, move_aside
 from tf_lottery._keras import keras, tf
 from tf_lottery.export import report as _report
 from tf_lottery.export import saved_model as _saved_model
@@ -95,22 +96,34 @@ def _write_json(path: str, data) -> None:
         f.write("\n")
 
 
+_EXPORT_ENTRIES = {SAVED_MODEL_DIR, DENSE_TFLITE, SPARSE_TFLITE, SPARSITY_JSON, REPORT_JSON}
+
+
+def _is_export(path: str) -> bool:
+    """Whether ``path`` is a folder ``export`` wrote (nothing else in it)."""
+    return (os.path.isdir(path) and not os.path.islink(path)
+            and os.path.isfile(os.path.join(path, REPORT_JSON))
+            and set(os.listdir(path)) <= _EXPORT_ENTRIES)
+
+
 def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
-    parent, base = os.path.split(path)
-    if os.path.lexists(path):
-        if not overwrite:
-            raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to "
-                                  "replace it")
-        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-        os.rmdir(old)
-        os.replace(path, old)
+    """Renames ``tmp`` to ``path``. An export already at ``path`` (``overwrite``) is
+    replaced; anything else there is moved aside to ``path.old-<time>``, never deleted."""
+    honour_umask(tmp)
+    if not os.path.lexists(path):
         os.replace(tmp, path)
-        if os.path.isdir(old) and not os.path.islink(old):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.remove(old)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to "
+                              "replace it")
+    ours = _is_export(path)
+    old = move_aside(path)
+    os.replace(tmp, path)
+    if ours:
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
+        warnings.warn(f"{path} held something other than an export: moved it aside to {old}",
+                      UserWarning, stacklevel=3)
 
 
 def _mask_index(plain_model, model) -> Dict[int, np.ndarray]:
@@ -141,7 +154,8 @@ def export(model, path, overwrite: bool = False, sample=None,
         functional when it has MaskedLayers, since they are stripped). A model without
         masks is exported dense with a warning.
       path: the folder to create; must not exist unless ``overwrite``.
-      overwrite: replace an existing ``path`` (file or folder).
+      overwrite: replace an existing ``path``: an earlier export there is replaced, a
+        file or folder holding anything else is moved aside to ``path.old-<time>``.
       sample: a batch (array, list of arrays, or {input name: array}) for the check;
         default: 4 random examples (floats ~ N(0, 1); integer inputs 0/1, so pass a
         real batch for token ids).
@@ -167,7 +181,8 @@ def export(model, path, overwrite: bool = False, sample=None,
         raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}")
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to "
+                              "replace it")
     masked = bool(masked_layers(model))
     if not masked:
         warnings.warn(f"model {model.name!r} has no masks (no MaskedLayer): exporting it "

@@ -1,37 +1,76 @@
-"""``tf-lottery export`` / ``tools/export.py``: export a saved sparse tf_keras model.
+"""``tf-lottery export`` / ``tools/export.py``: export a run's model or a saved model.
 
-``--checkpoint`` is a tf_keras model saved with ``model.save`` (SavedModel folder, .keras
-or .h5), usually a masked model from tfl.sparsify / training; ``--output_dir`` must not
-exist unless ``--overwrite``. Writes saved_model/, model_dense.tflite,
-model_sparse.tflite, sparsity.json and export_report.json (see tf_lottery.export) and
-prints the report table.
+Two sources, one of them:
+
+- ``--run_dir=RUN`` (the ``--output_dir`` of ``tf-lottery train``): an IMP run's level
+  ``--level=N`` (default: the last finished one) of kind ``--kind=ticket|reinit|random_mask|
+  finetune|lr_rewind`` (default: the run's main line), or a sparse-training run's model;
+  written to ``RUN/export/level_<N>_<kind>`` (IMP) or ``RUN/export`` unless ``--output_dir``;
+- ``--checkpoint=PATH``: a tf_keras model saved with ``model.save`` (SavedModel folder,
+  .keras or .h5), usually a masked model; ``--output_dir`` is required.
+
+The output folder must not exist unless ``--overwrite``. Writes saved_model/,
+model_dense.tflite, model_sparse.tflite, sparsity.json and export_report.json (see
+tf_lottery.export) and prints the report table.
 """
 import os
 
 from absl import app, flags
 
+FLAG_NAMES = ("run_dir", "level", "kind", "checkpoint", "output_dir", "overwrite", "tflite",
+              "input_shape", "verify", "latency_runs", "num_threads", "method", "sparsity",
+              "gin_file")
+
 
 def define_flags(flag_values=flags.FLAGS) -> None:
-    """Defines the export flags in ``flag_values``."""
-    flags.DEFINE_string("checkpoint", None, "Saved tf_keras model (SavedModel dir, .keras or .h5).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Folder to create with the export.", flag_values=flag_values)
-    flags.DEFINE_bool("overwrite", False, "Replace --output_dir if it exists.", flag_values=flag_values)
-    flags.DEFINE_bool("tflite", True, "Also write dense and sparse TFLite models and time them.",
-                      flag_values=flag_values)
-    flags.DEFINE_list("input_shape", None,
-                      "Input shape without batch (e.g. 32,32,3), for models without Input layers.",
-                      flag_values=flag_values)
-    flags.DEFINE_bool("verify", True, "Check the SavedModel in a fresh process without tf_lottery.",
-                      flag_values=flag_values)
-    flags.DEFINE_integer("latency_runs", 50, "TFLite invocations per model for the median latency.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads.", flag_values=flag_values)
-    flags.DEFINE_string("method", None, "Provenance: how the masks were made (e.g. rigl, imp).",
-                        flag_values=flag_values)
-    flags.DEFINE_float("level", None, "Provenance: the target sparsity.", flag_values=flag_values)
-    flags.DEFINE_multi_string("gin_file", [], "Provenance: gin config file(s) of the run.",
-                              flag_values=flag_values)
+    """Defines the export flags in ``flag_values`` (a flag already there is kept)."""
+    definitions = {
+        "run_dir": lambda: flags.DEFINE_string(
+            "run_dir", None, "A run folder (the --output_dir of tf-lottery train) to export from.",
+            flag_values=flag_values),
+        "level": lambda: flags.DEFINE_integer(
+            "level", None, "With --run_dir of an IMP run: the level (default: the last "
+            "finished one).", flag_values=flag_values),
+        "kind": lambda: flags.DEFINE_string(
+            "kind", None, "With --run_dir of an IMP run: ticket (or the run's mode: finetune, "
+            "lr_rewind), reinit or random_mask (default: the main line).",
+            flag_values=flag_values),
+        "checkpoint": lambda: flags.DEFINE_string(
+            "checkpoint", None, "Saved tf_keras model (SavedModel dir, .keras or .h5).",
+            flag_values=flag_values),
+        "output_dir": lambda: flags.DEFINE_string(
+            "output_dir", None, "Folder to create with the export (default with --run_dir: "
+            "RUN/export/level_<N>_<kind>, or RUN/export).", flag_values=flag_values),
+        "overwrite": lambda: flags.DEFINE_bool(
+            "overwrite", False, "Replace --output_dir if it holds an export.",
+            flag_values=flag_values),
+        "tflite": lambda: flags.DEFINE_bool(
+            "tflite", True, "Also write dense and sparse TFLite models and time them.",
+            flag_values=flag_values),
+        "input_shape": lambda: flags.DEFINE_list(
+            "input_shape", None, "Input shape without batch (e.g. 32,32,3), for models "
+            "without Input layers.", flag_values=flag_values),
+        "verify": lambda: flags.DEFINE_bool(
+            "verify", True, "Check the SavedModel in a fresh process without tf_lottery.",
+            flag_values=flag_values),
+        "latency_runs": lambda: flags.DEFINE_integer(
+            "latency_runs", 50, "TFLite invocations per model for the median latency.",
+            flag_values=flag_values),
+        "num_threads": lambda: flags.DEFINE_integer(
+            "num_threads", 1, "TFLite interpreter threads.", flag_values=flag_values),
+        "method": lambda: flags.DEFINE_string(
+            "method", None, "With --checkpoint, provenance: how the masks were made "
+            "(e.g. rigl, imp).", flag_values=flag_values),
+        "sparsity": lambda: flags.DEFINE_float(
+            "sparsity", None, "With --checkpoint, provenance: the target sparsity.",
+            flag_values=flag_values),
+        "gin_file": lambda: flags.DEFINE_multi_string(
+            "gin_file", [], "With --checkpoint, provenance: gin config file(s) of the run.",
+            flag_values=flag_values),
+    }
+    for name, define in definitions.items():
+        if name not in flag_values:
+            define()
 
 
 def load_checkpoint(path: str):
@@ -45,19 +84,29 @@ def load_checkpoint(path: str):
 
 def export_checkpoint(FLAGS=flags.FLAGS):
     """Runs the export the flags describe; returns the report (a dict)."""
-    if not FLAGS.checkpoint or not FLAGS.output_dir:
-        raise app.UsageError("--checkpoint and --output_dir are required")
+    if bool(FLAGS.run_dir) == bool(FLAGS.checkpoint):
+        raise app.UsageError("give one of --run_dir (a run folder) or --checkpoint "
+                             "(a saved model)")
+    options = {"overwrite": FLAGS.overwrite, "tflite": FLAGS.tflite, "verify": FLAGS.verify,
+               "latency_runs": FLAGS.latency_runs, "num_threads": FLAGS.num_threads,
+               "input_shape": [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape
+               else None}
+    if FLAGS.run_dir:
+        from tf_lottery.export.run_folder import export_run
+        return export_run(FLAGS.run_dir, FLAGS.output_dir, FLAGS.level, FLAGS.kind, **options)
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required with --checkpoint")
+    if FLAGS.level is not None or FLAGS.kind:
+        raise app.UsageError("--level and --kind choose a model of --run_dir, not of "
+                             "--checkpoint")
     from tf_lottery.export import export
     model = load_checkpoint(FLAGS.checkpoint)
     gin_config = None
     if FLAGS.gin_file:
         gin_config = "\n".join(open(f, encoding="utf-8").read() for f in FLAGS.gin_file)
-    provenance = {"method": FLAGS.method, "level": FLAGS.level, "gin_config": gin_config,
+    provenance = {"method": FLAGS.method, "level": FLAGS.sparsity, "gin_config": gin_config,
                   "checkpoint": os.path.abspath(FLAGS.checkpoint)}
-    input_shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
-    return export(model, FLAGS.output_dir, overwrite=FLAGS.overwrite, provenance=provenance,
-                  tflite=FLAGS.tflite, input_shape=input_shape, verify=FLAGS.verify,
-                  latency_runs=FLAGS.latency_runs, num_threads=FLAGS.num_threads)
+    return export(model, FLAGS.output_dir, provenance=provenance, **options)
 
 
 def main(argv, FLAGS=flags.FLAGS):

@@ -21,6 +21,8 @@ Every kind trains ``T - k`` iterations, T being ``epochs`` of training data.
 """
 import logging
 import math
+import os
+import sys
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -165,7 +167,9 @@ class IterativeMagnitudePruning:
       overwrite: replace a different run found in ``output_dir``.
       deterministic: enable TensorFlow op determinism so a resumed run reproduces an
         uninterrupted one bit for bit.
-      verbose: Keras ``fit`` verbosity (0, 1 = progress bar, 2 = one line per epoch).
+      verbose: 0 = silent (one ``logging`` INFO line per level); 1 = a level progress
+        bar (levels done, time per level, time left) and one printed line per level;
+        2 = also one line per epoch; 3 = also Keras' per-epoch progress bars.
       callbacks: extra Keras callbacks for every ``fit``.
     """
 
@@ -291,7 +295,8 @@ class IterativeMagnitudePruning:
         if isinstance(self.train_data, tf.data.Dataset):
             fit_data["x"] = self.train_data.repeat()
             fit_data["steps_per_epoch"] = self.steps_per_epoch
-        model.fit(**fit_data, epochs=epochs, shuffle=True, verbose=self.verbose,
+        fit_verbose = {2: 2, 3: 1}.get(int(self.verbose), 0)
+        model.fit(**fit_data, epochs=epochs, shuffle=True, verbose=fit_verbose,
                   callbacks=[history, *extra_callbacks, *self.callbacks])
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -335,32 +340,54 @@ class IterativeMagnitudePruning:
             rows.append(self._train(control, self.k, level, kind))
         return rows
 
+    def _validate(self, model) -> None:
+        """Everything a level needs that could be wrong, checked before anything is written:
+        the optimizer builds, per-layer fractions name real layers."""
+        optimizer = self.optimizer_fn()
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(f"optimizer_fn must return a tf_keras optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self._fractions(get_masks(model))
+
     def run(self) -> List[dict]:
         """Runs (or resumes) every level; returns the summary rows (one per level and kind).
 
         Each row has ``level``, ``kind``, ``remaining`` (fraction of prunable weights left),
         ``test_accuracy`` (0..1), ``best_val_accuracy``, ``early_stop_iteration``,
-        ``iterations``, ``fit_seconds`` and ``wall_seconds``.
+        ``iterations``, ``fit_seconds`` and ``wall_seconds``. A finished run in
+        ``output_dir`` is read back, and nothing in the folder is written again.
         """
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
+        model = self._build()
+        self._validate(model)
         folder = (results.RunDirectory(self.output_dir, self.config(), self.overwrite)
                   if self.output_dir else None)
         start_level = 0
         if folder is not None:
+            _write_architecture(folder, model)
             while start_level < self.levels and folder.finished(start_level):
                 start_level += 1
             if start_level == self.levels:
                 log.info("%s: all %d levels are finished", self.output_dir, self.levels)
-                return self._finish(folder, folder.rows(self.levels))
+                rows = folder.rows(self.levels)
+                if os.path.exists(folder.file("summary.json")):
+                    return [{k: v for k, v in r.items() if k != "curve"} for r in rows]
+                return self._finish(folder, rows)
             if start_level:
                 log.info("%s: resuming at level %d", self.output_dir, start_level)
-        model = self._build()
         rows = folder.rows(start_level) if folder is not None else []
         if start_level > 0:
             self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
             model.load_weights(folder.level(start_level - 1, "weights.h5"))
+        self._progress = None
+        self._session = (start_level, time.perf_counter())
+        if self.verbose >= 1 and _interactive():
+            self._progress = keras.utils.Progbar(self.levels, unit_name="level")
+            self._progress.update(start_level)
+        self._current_level = start_level
         for level in range(start_level, self.levels):
+            self._current_level = level
             rows += self._level(level, model, folder)
         return self._finish(folder, rows)
 
@@ -394,6 +421,9 @@ class IterativeMagnitudePruning:
         t_save = time.perf_counter()
         if folder is not None:
             results.write_arrays(folder.level(level, "masks.npz"), masks)
+            for kind in self.controls if level > 0 else ():
+                results.save_weights(self._control_models[kind][0],
+                                     folder.level(level, f"weights_{kind}.h5"))
             results.save_weights(model, folder.level(level, "weights.h5"))
         wall = time.perf_counter() - t_level
         train_seconds = sum(r["fit_seconds"] + r["eval_seconds"] for r in kinds)
@@ -412,11 +442,22 @@ class IterativeMagnitudePruning:
             self._tensorboard(folder, kinds)
         self.timings.append(metrics)
         controls = ", ".join(f"{r['kind']} {r['test_accuracy']:.4f}" for r in kinds[1:])
-        log.info("level %d: %.2f%% of weights remain, %s test accuracy %.4f%s; "
-                 "training %.2f s, overhead %.3f s (%.2f%% of the level)",
-                 level, 100 * row["remaining"], row["kind"], row["test_accuracy"],
-                 f" ({controls})" if controls else "", train_seconds, overhead,
-                 100 * overhead / wall)
+        line = (f"level {level}: {100 * row['remaining']:.2f}% of weights remain, "
+                f"{row['kind']} test accuracy {row['test_accuracy']:.4f}"
+                f"{f' ({controls})' if controls else ''}; {wall:.1f} s "
+                f"(overhead {100 * overhead / wall:.2f}%)")
+        progress = getattr(self, "_progress", None)
+        if self.verbose < 1:
+            log.info("%s", line)
+        elif progress is not None:
+            _print_above_bar(line)
+            progress.update(level + 1)
+        else:  # a log file: the progress goes on the level's line
+            first, t0 = getattr(self, "_session", (level, t_level))
+            per_level = (time.perf_counter() - t0) / (level + 1 - first)
+            left = per_level * (self.levels - level - 1)
+            print(f"[{level + 1}/{self.levels} levels, {per_level:.1f} s/level, about "
+                  f"{_clock(left)} left] {line}", flush=True)
         return kinds
 
     def _tensorboard(self, folder, kinds) -> None:
@@ -435,10 +476,40 @@ class IterativeMagnitudePruning:
     def _finish(self, folder, rows) -> List[dict]:
         rows = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
         if folder is not None:
-            folder.write_summary(rows)
+            walls = {r["level"]: r.get("wall_seconds", 0.0) for r in rows}
+            folder.write_summary(rows, wall_seconds=sum(walls.values()))
             from tf_lottery.plots import plot_accuracy_vs_remaining
             plot_accuracy_vs_remaining(rows, folder.file("accuracy_vs_remaining.png"))
         return rows
+
+
+def _write_architecture(folder, model) -> None:
+    """``model.json``: the masked model's architecture, for ``tf-lottery export``."""
+    path = folder.file("model.json")
+    if os.path.exists(path):
+        return
+    try:
+        text = model.to_json()
+    except (NotImplementedError, TypeError, ValueError) as error:  # e.g. a Lambda layer
+        log.warning("the model cannot be saved as JSON (%s): tf-lottery export will need "
+                    "the model code", error)
+        return
+    results.write_text(path, text)
+
+
+def _interactive() -> bool:
+    return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _print_above_bar(line: str) -> None:
+    """Prints ``line`` on its own line above a Keras progress bar drawn in place."""
+    sys.stdout.write("\r\033[K" + line + "\n")
+    sys.stdout.flush()
 
 
 @gin.configurable

@@ -2,11 +2,14 @@
 
 Layout of ``output_dir``::
 
+    .tf_lottery_run         marker: tf-lottery wrote this folder (``--overwrite`` needs it)
     run.json                the run's configuration (a second run must match it)
     config.gin              the gin bindings in force, when gin configured the run
+    model.json              the masked model's architecture (``model.to_json()``)
     rewind_point.npz        theta_k, the weights every ticket level is rewound to
     level_<i>/masks.npz     the masks of level i, keyed "layer/weight"
     level_<i>/weights.h5    the trained weights of the main line (model.save_weights)
+    level_<i>/weights_<control>.h5  the trained weights of each control at level i
     level_<i>/metrics.json  one entry per kind trained at this level
     summary.json, summary.csv, accuracy_vs_remaining.png, tensorboard/
 
@@ -18,14 +21,16 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
-import shutil
 from typing import Dict, List, Mapping, Optional
 
 import gin
 import numpy as np
 
-from tf_lottery._io import atomic_write, write_text
+from tf_lottery._io import atomic_write, move_aside, write_text
+
+log = logging.getLogger("tf_lottery")
 
 SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
                 "early_stop_iteration", "iterations", "fit_seconds", "wall_seconds")
@@ -93,47 +98,83 @@ def _jsonable(value):
     return str(value)
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (the message says why and what to do)."""
+
+
+MARKER = ".tf_lottery_run"
+_MARKER_TEXT = ("This folder is a run folder written by tf-lottery. `--overwrite` replaces a "
+                "folder only when it holds this file (the old run is moved aside, not deleted).\n")
+_IDENTITY = {MARKER, "run.json", "config.gin"}
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether ``path`` is a folder tf-lottery wrote (it holds our marker file)."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def _is_cwd_or_above(path: str) -> bool:
+    here = os.path.realpath(os.getcwd())
+    there = os.path.realpath(path)
+    return here == there or here.startswith(there.rstrip(os.sep) + os.sep)
+
+
 class RunDirectory:
-    """The output folder of one IMP run: config check, level paths, resume state.
+    """The output folder of one run: marker, config check, level paths, resume state.
+
+    A new (or empty) folder gets the marker file ``.tf_lottery_run``, ``run.json`` and
+    ``config.gin``. The same configuration again resumes it and writes nothing here (a
+    finished run is read-only to a repeat of its command). A different configuration is
+    refused unless the folder holds no results yet (a start that failed), or unless
+    ``overwrite``: then the old run is moved aside to ``path.old-<time>`` and a new one
+    starts. A folder holding anything tf-lottery did not write is always refused, and so
+    is overwriting the current directory: no file we did not write is ever touched.
 
     Args:
       path: the output folder (created if missing).
       config: JSON-able description of everything that determines the results.
-      overwrite: remove whatever the folder holds when its config differs.
+      overwrite: move a different run found in ``path`` aside and start again.
     """
 
     def __init__(self, path: str, config: Mapping, overwrite: bool = False):
         self.path = path
         self.config = json.loads(json.dumps(dict(config), default=_jsonable))
         run_file = os.path.join(path, "run.json")
-        if os.path.exists(run_file):
-            previous = read_json(run_file)
-            if previous != self.config:
-                if not overwrite:
-                    changed = sorted(k for k in set(previous) | set(self.config)
-                                     if previous.get(k) != self.config.get(k))
-                    raise ValueError(
-                        f"{path} holds a different run (settings that differ: {changed}); "
-                        "choose another output_dir, or pass overwrite=True (--overwrite) to "
-                        "delete it and start again")
-                self._clear()
-        elif os.path.isdir(path) and os.listdir(path):
+        entries = os.listdir(path) if os.path.isdir(path) else []
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise RunFolderError(f"{path} is a file, not a folder; choose a new output_dir")
+        if entries and not is_run_folder(path):
+            shown = ", ".join(repr(e) for e in sorted(entries)[:3])
+            raise RunFolderError(
+                f"{path} is not a tf-lottery run folder (it holds {shown}"
+                f"{', ...' if len(entries) > 3 else ''}); choose a new or empty output_dir "
+                "(--overwrite only replaces a folder tf-lottery wrote)")
+        previous = read_json(run_file) if os.path.exists(run_file) else None
+        if previous == self.config:
+            return  # the same run: resume, write nothing
+        if previous is not None and set(entries) - _IDENTITY:
+            changed = sorted(k for k in set(previous) | set(self.config)
+                             if previous.get(k) != self.config.get(k))
             if not overwrite:
-                raise ValueError(f"{path} exists and is not an IMP run folder; choose an empty "
-                                 "or new output_dir, or pass overwrite=True (--overwrite)")
-            self._clear()
+                raise RunFolderError(
+                    f"{path} holds a different run (settings that differ: {changed}); "
+                    "choose another output_dir, or pass overwrite=True (--overwrite) to move "
+                    f"it aside to {os.path.normpath(path)}.old-<time> and start again")
+            if _is_cwd_or_above(path):
+                raise RunFolderError(
+                    f"{path} is the current directory (or holds it): it cannot be moved "
+                    "aside; choose another output_dir")
+            moved = move_aside(path)
+            log.warning("moved the previous run in %s aside to %s", path, moved)
         os.makedirs(path, exist_ok=True)
+        if not is_run_folder(path):
+            write_text(os.path.join(path, MARKER), _MARKER_TEXT)
         write_json(run_file, self.config)
+        config_gin = os.path.join(path, "config.gin")
         if gin.config_str().strip():
-            write_text(os.path.join(path, "config.gin"), gin.config_str())
-
-    def _clear(self):
-        for name in os.listdir(self.path):
-            full = os.path.join(self.path, name)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.remove(full)
+            write_text(config_gin, gin.config_str())
+        elif os.path.exists(config_gin):  # ours, from the failed start this run replaces
+            os.remove(config_gin)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -153,6 +194,37 @@ class RunDirectory:
                 rows += read_json(self.level(level, "metrics.json"))["kinds"]
         return rows
 
-    def write_summary(self, rows: List[Mapping]) -> None:
-        write_json(self.file("summary.json"), {"config": self.config, "rows": list(rows)})
+    def write_summary(self, rows: List[Mapping], wall_seconds: Optional[float] = None) -> None:
+        """``summary.json`` (config, rows, total wall time, the machine and TensorFlow
+        build that ran it) and ``summary.csv`` (the rows)."""
+        write_json(self.file("summary.json"), {
+            "config": self.config, "rows": list(rows), "wall_seconds": wall_seconds,
+            "environment": environment()})
         write_csv(self.file("summary.csv"), list(rows))
+
+
+def environment() -> dict:
+    """The software and machine a run ran on (results are bit-reproducible only on the
+    same machine type and TensorFlow build)."""
+    import platform
+
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    return {"tensorflow": tf.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "machine": platform.machine(),
+            "processor": _cpu_name() or platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "system": platform.system(),
+            "cuda": build.get("cuda_version"),
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def _cpu_name() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

@@ -312,14 +312,17 @@ def strip(model):
 class SparsityReport(list):
     """Rows (dicts) of ``sparsity_report``; ``str()`` gives a printable table."""
 
-    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity")
+    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity", "mask")
 
     def table(self) -> str:
+        """One line per weight; the ``mask`` column says "no" for unmasked rows (their
+        sparsity is their share of exact zeros) and the total counts every row."""
         cells = [[str(c) for c in self.COLUMNS]]
-        for row in self:
+        for i, row in enumerate(self):
+            mask = "" if i == len(self) - 1 else ("yes" if row.get("masked", True) else "no")
             cells.append([row["layer"], row["weight"], "x".join(map(str, row["shape"])),
                           f"{row['params']:,}", f"{row['nonzeros']:,}",
-                          f"{100 * row['sparsity']:.2f}%"])
+                          f"{100 * row['sparsity']:.2f}%", mask])
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.COLUMNS))]
         lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                            for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
@@ -331,26 +334,48 @@ class SparsityReport(list):
         return self.table()
 
 
+def _unprunable_kernels(model, units) -> List[_Unit]:
+    """Kernels (trainable weights of rank >= 2) of layers tfmot cannot prune, e.g. a
+    DepthwiseConv2D or a Dense subclass left dense through ``dense_layers``."""
+    unsupported: List = []
+    _units(model, unsupported)
+    seen = {id(u.weight) for u in units}
+    return [_Unit(layer, layer, w) for layer in unsupported for w in layer.trainable_weights
+            if len(w.shape) >= 2 and id(w) not in seen]
+
+
 def sparsity_report(model) -> SparsityReport:
-    """Per-weight rows and a total row: layer, weight, shape, params, nonzeros, sparsity.
+    """Per-weight rows and a total row: layer, weight, shape, params, nonzeros, sparsity,
+    masked.
+
+    Every weight that could be pruned is counted, masked or not: the prunable weights of
+    every layer (wrapped in a MaskedLayer or plain; a layer left dense through
+    ``dense_layers`` shows 0% or the zeros it has) and the kernels of layers tfmot cannot
+    prune (a DepthwiseConv2D, a Dense subclass). ``masked`` says whether a row has a mask;
+    the total is over all rows, so it is the model's real sparsity.
 
     ``nonzeros`` counts the non-zero values of the weight as stored (exact zeros are
     what a user sees). ``sparsity`` is 1 - active / params, where active is the mask's
     count of ones for a masked weight (a just-grown RigL weight is active but still 0)
-    and the non-zero count for a plain one. Works on sparsified and on plain models.
+    and the non-zero count for an unmasked one. Works on sparsified and on plain models.
     """
     units = _units(model)
+    units += _unprunable_kernels(model, units)
     _require_units(model, units)
+    order = {id(layer): i for i, layer in enumerate(_walk(model))}
+    units = sorted(units, key=lambda u: order.get(id(u.layer), len(order)))
     report = SparsityReport()
     for u in units:
         nonzeros = int(np.count_nonzero(u.weight.numpy()))
         active = nonzeros if u.mask is None else int(np.count_nonzero(u.mask.numpy()))
         report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
                        "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
-                       "active": active, "sparsity": 1.0 - active / u.size})
+                       "active": active, "sparsity": 1.0 - active / u.size,
+                       "masked": u.mask is not None})
     params = sum(r["params"] for r in report)
     active = sum(r["active"] for r in report)
     report.append({"layer": "total", "weight": "", "shape": [], "params": params,
                    "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
-                   "sparsity": 1.0 - active / params})
+                   "sparsity": 1.0 - active / params,
+                   "masked": all(r["masked"] for r in report)})
     return report

@@ -10,7 +10,7 @@
   ``@GradualMagnitudePruning`` with ``GradualMagnitudePruning.schedule =
   @PolynomialDecay()``).
 
-Each run writes the operative gin config, TensorBoard logs, checkpoints that make it
+Each run writes the operative gin config (once, when it first finishes), TensorBoard logs, checkpoints that make it
 resumable and its final metrics as JSON (``metrics.json`` for ``sparse_training``,
 ``summary.json`` / ``summary.csv`` for IMP); ``train.export = True`` also exports the
 final model with ``tf_lottery.export.export`` into ``output_dir/export``.
@@ -209,11 +209,10 @@ def checksums(model) -> dict:
     return out
 
 
-def _export(model, output_dir: str, provenance: dict) -> Optional[str]:
-    """``tf_lottery.export.export(model, output_dir/export)``; skips an existing export."""
+def _export(model, path: str, provenance: dict) -> Optional[str]:
+    """``tf_lottery.export.export(model, path)``; skips an existing export."""
     from tf_lottery.export import export as export_model
 
-    path = os.path.join(output_dir, "export")
     if os.path.exists(path):
         log.info("%s exists: not exporting again", path)
         return path
@@ -227,12 +226,15 @@ def _export(model, output_dir: str, provenance: dict) -> Optional[str]:
 @gin.configurable
 def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
                    optimizer: Callable = make_optimizer, max_steps: Optional[int] = None,
-                   data_dir: Optional[str] = None, export: bool = False):
+                   data_dir: Optional[str] = None, export: bool = False,
+                   verbose: Optional[int] = None):
     """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin).
 
     ``max_steps`` shortens the run to a smoke test: 2 levels of ``max_steps`` iterations,
     a nonzero ``rewind_step`` becomes iteration 1, and tf.data test and validation sets
-    are cut to ``max_steps`` batches. ``export`` exports the last level's ticket.
+    are cut to ``max_steps`` batches. ``export`` exports the last level's main line into
+    ``output_dir/export/level_<i>_<kind>`` (``tf-lottery export`` exports any other).
+    ``verbose`` (if not None) replaces ``IterativeMagnitudePruning.verbose``.
     """
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     test, validation = loaded.test, loaded.validation
@@ -245,6 +247,8 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
         test, validation = _take(test, max_steps), _take(validation, max_steps)
     if validation is not None:
         kwargs["validation_data"] = validation
+    if verbose is not None:
+        kwargs["verbose"] = int(verbose)
     build = _model_fn(model, loaded.info)
     runner = IterativeMagnitudePruning(
         model_fn=build, train_data=loaded.train, test_data=test, optimizer_fn=optimizer,
@@ -256,14 +260,9 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
     if os.path.exists(masks_file):
         result["checksums"] = {"masks": results.digest(results.read_arrays(masks_file).values())}
     if export:
-        from tf_lottery.masking.api import sparsify
-        ticket = sparsify(build(), 0.0)
-        ticket.load_weights(os.path.join(output_dir, f"level_{last}", "weights.h5"))
-        main = [r for r in rows if r["level"] == last and r["kind"] == runner.mode]
-        _export(ticket, output_dir, {
-            "method": f"imp_{runner.mode}", "level": last,
-            "remaining": main[0]["remaining"] if main else None,
-            "rewind_step": str(runner.rewind_step), "scope": runner.scope})
+        from tf_lottery.export.run_folder import default_output, load_run_model
+        ticket, provenance = load_run_model(output_dir, last, runner.mode)
+        _export(ticket, default_output(output_dir, provenance), provenance)
     return result
 
 
@@ -338,21 +337,14 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     from tf_lottery.masking.api import custom_object_scope, sparsify, sparsity_report
 
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
-    config = {"gin": gin.config_str(), "max_steps": max_steps}
-    folder = results.RunDirectory(output_dir, config, overwrite)
     method = _method(updater, sparsity)
-    if os.path.exists(folder.file("metrics.json")):
-        log.info("%s: this run is finished", output_dir)
-        metrics = results.read_json(folder.file("metrics.json"))
-        if export:
-            with custom_object_scope():
-                net = keras.models.load_model(folder.file("model.h5"), compile=False)
-            _export(net, output_dir, {"method": method, "level": sparsity})
-        return metrics
+    config = {"gin": gin.config_str(), "max_steps": max_steps}
+    # Everything that can be misconfigured is built before the folder is touched.
     keras.utils.set_random_seed(seed)
     net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
     if sparsity or updater is not None:
         net = sparsify(net, sparsity, distribution, seed=seed, dense_layers=dense_layers)
+    fresh_optimizer = optimizer()
     train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
     test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
     val_ds = (test_ds if loaded.validation is None
@@ -371,12 +363,23 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
         train_ds, test_ds, val_ds = (d.map(one_hot) for d in (train_ds, test_ds, val_ds))
         loss = keras.losses.CategoricalCrossentropy(from_logits=True,
                                                     label_smoothing=float(label_smoothing))
+    callback = _make_updater(updater, epochs * steps, max_steps,
+                             os.path.join(output_dir, "tensorboard"))
+    folder = results.RunDirectory(output_dir, config, overwrite)
+    if os.path.exists(folder.file("metrics.json")):
+        log.info("%s: this run is finished", output_dir)
+        metrics = results.read_json(folder.file("metrics.json"))
+        if export:
+            with custom_object_scope():
+                net = keras.models.load_model(folder.file("model.h5"), compile=False)
+            _export(net, os.path.join(output_dir, "export"),
+                    {"method": method, "level": sparsity})
+        return metrics
     callbacks = [keras.callbacks.BackupAndRestore(backup_dir or folder.file("backup")),
                  keras.callbacks.TensorBoard(folder.file("tensorboard"))]
-    callback = _make_updater(updater, epochs * steps, max_steps, folder.file("tensorboard"))
     if callback is not None:
         callbacks.append(callback)
-    net.compile(optimizer=optimizer(), loss=loss, metrics=["accuracy"])
+    net.compile(optimizer=fresh_optimizer, loss=loss, metrics=["accuracy"])
     start = time.perf_counter()
     history = net.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                       validation_data=None if max_steps else val_ds, verbose=verbose)
@@ -403,7 +406,8 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     log.info("test accuracy %.4f after %d steps (%.1f s)", metrics["test_accuracy"],
              epochs * steps, fit_seconds)
     if export:
-        _export(net, output_dir, {"method": method, "level": metrics.get("sparsity", 0.0)})
+        _export(net, os.path.join(output_dir, "export"),
+                {"method": method, "level": metrics.get("sparsity", 0.0)})
     return metrics
 
 
@@ -417,34 +421,43 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+MAX_STEPS_ENV = "TF_LOTTERY_MAX_STEPS"
+
+
 @gin.configurable
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
           tpu: Optional[str] = None, overwrite: bool = False, max_steps: Optional[int] = None,
-          export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0):
+          export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0,
+          verbose: Optional[int] = None):
     """Runs the gin-selected ``experiment`` under ``strategy``; returns its result.
 
     Args:
       output_dir: where the run writes its results (only the chief writes here).
       experiment: ``@imp_experiment``, ``@sparse_training`` or any callable taking
         ``output_dir`` and ``overwrite`` (and, if it accepts them, ``max_steps``,
-        ``data_dir``, ``export``, ``backup_dir``).
+        ``data_dir``, ``export``, ``backup_dir``, ``verbose``).
       strategy, tpu: see ``make_strategy``.
-      overwrite: replace a different run found in ``output_dir``.
-      max_steps: smoke override; every experiment honours it (see the module doc).
+      overwrite: move a different run found in ``output_dir`` aside and start again.
+      max_steps: smoke override; every experiment honours it (see the module doc). The
+        environment variable ``TF_LOTTERY_MAX_STEPS=N`` sets it when it is not bound.
       export: export the final model into ``output_dir/export`` (chief only).
       data_dir: tensorflow-datasets data directory (overrides ``data.data_dir``).
       mock_data: if > 0, TFDS datasets are replaced by this many random examples per
         split (``tfds.testing.mock_data``): for smoke tests without the data.
+      verbose: if not None, the experiment's verbosity (``IterativeMagnitudePruning.verbose``,
+        ``sparse_training.verbose``), which is not part of the run's identity.
     """
+    if not max_steps and os.environ.get(MAX_STEPS_ENV):
+        max_steps = int(os.environ[MAX_STEPS_ENV])
     dist = make_strategy(strategy, tpu)
     private = _worker_dir(output_dir, dist)
     write_dir = private or output_dir
     kwargs = {"output_dir": write_dir, "overwrite": overwrite}
     optional = {"max_steps": int(max_steps) if max_steps else None, "data_dir": data_dir,
                 "export": bool(export) and private is None,
-                "backup_dir": os.path.join(output_dir, "backup")}
+                "backup_dir": os.path.join(output_dir, "backup"), "verbose": verbose}
     for name, value in optional.items():
-        if value and _accepts(experiment, name):
+        if value is not None and value is not False and _accepts(experiment, name):
             kwargs[name] = value
     try:
         with dist.scope():
@@ -454,8 +467,9 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
                     result = experiment(**kwargs)
             else:
                 result = experiment(**kwargs)
-        results.write_text(os.path.join(write_dir, "operative_config.gin"),
-                           gin.operative_config_str())
+        operative = os.path.join(write_dir, "operative_config.gin")
+        if not os.path.exists(operative):  # written once: a repeat calls fewer configurables
+            results.write_text(operative, gin.operative_config_str())
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""The models a run folder holds: any level and kind of an IMP run, or a training run's model.
+
+``load_run_model(run_dir, level, kind)`` rebuilds one of them from what the run wrote:
+
+- IMP runs (``run.json`` with ``levels``): the architecture from ``model.json``
+  (``model.to_json()`` of the masked model), the weights and masks from
+  ``level_<i>/weights.h5`` (the main line: ``ticket``, ``finetune`` or ``lr_rewind``) or
+  ``level_<i>/weights_<control>.h5`` (``reinit``, ``random_mask``; levels >= 1);
+- sparse-training runs: ``model.h5`` (the whole masked model).
+
+``export_run`` exports it with ``tf_lottery.export.export`` (provenance: the run's
+``config.gin``, level, kind and weights remaining).
+"""
+import os
+from typing import Optional, Tuple
+
+from tf_lottery.lottery import results
+
+
+class RunExportError(ValueError):
+    """The run folder does not hold the model asked for (the message says what it holds)."""
+
+
+def _imp_choice(run_dir: str, config: dict, level: Optional[int], kind: Optional[str]):
+    levels, mode = int(config["levels"]), config["mode"]
+    kinds = [mode, *config.get("controls", [])]
+    finished = [i for i in range(levels)
+                if os.path.exists(os.path.join(run_dir, f"level_{i}", "metrics.json"))]
+    if not finished:
+        raise RunExportError(f"{run_dir} has no finished level yet; export after level 0 ends")
+    level = finished[-1] if level is None else int(level)
+    kind = mode if kind is None else kind
+    if kind not in kinds:
+        raise RunExportError(f"this run trained the kinds {kinds}, not {kind!r}; "
+                             f"use --kind={' or --kind='.join(kinds)}")
+    if level not in finished:
+        raise RunExportError(f"level {level} is not finished in {run_dir} (finished levels: "
+                             f"{finished[0]}..{finished[-1]}); choose one of them")
+    if kind != mode and level == 0:
+        raise RunExportError(f"the {kind} control starts at level 1 (level 0 is the dense "
+                             "network); use --level=1 or higher")
+    return level, kind, mode
+
+
+def load_run_model(run_dir: str, level: Optional[int] = None,
+                   kind: Optional[str] = None) -> Tuple[object, dict]:
+    """The masked tf_keras model a run folder holds, and its provenance (a dict).
+
+    ``level`` (default: the last finished level) and ``kind`` (default: the run's main
+    line) choose an IMP model; a sparse-training run holds one model and takes neither.
+    """
+    import tf_lottery as tfl
+    from tf_lottery._keras import keras
+
+    run_file = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(run_file):
+        raise RunExportError(f"{run_dir} is not a tf-lottery run folder (no run.json); give "
+                             "--run_dir the --output_dir of a run, or --checkpoint a saved model")
+    config = results.read_json(run_file)
+    gin_file = os.path.join(run_dir, "config.gin")
+    provenance = {"run_dir": os.path.abspath(run_dir), "gin_config": (
+        open(gin_file, encoding="utf-8").read() if os.path.exists(gin_file) else None)}
+    if "levels" not in config:  # a sparse-training run
+        if level is not None or kind is not None:
+            raise RunExportError(f"{run_dir} is a training run with one model: drop --level "
+                                 "and --kind")
+        metrics_file = os.path.join(run_dir, "metrics.json")
+        if not os.path.exists(metrics_file):
+            raise RunExportError(f"{run_dir} is not finished (no metrics.json); run the same "
+                                 "train command again to finish it, then export")
+        metrics = results.read_json(metrics_file)
+        model = keras.models.load_model(os.path.join(run_dir, "model.h5"),
+                                        custom_objects=tfl.custom_objects(), compile=False)
+        provenance.update(method=metrics.get("method"), level=metrics.get("sparsity", 0.0))
+        return model, provenance
+    level, kind, mode = _imp_choice(run_dir, config, level, kind)
+    architecture = os.path.join(run_dir, "model.json")
+    if not os.path.exists(architecture):
+        raise RunExportError(f"{run_dir} has no model.json (the model could not be saved as "
+                             "JSON); rebuild the model in Python and load "
+                             f"level_{level}/weights.h5 into tfl.sparsify(model, 0.0)")
+    weights = os.path.join(run_dir, f"level_{level}",
+                           "weights.h5" if kind == mode else f"weights_{kind}.h5")
+    if not os.path.exists(weights):
+        raise RunExportError(f"{weights} is missing (runs made by an older tf-lottery "
+                             "kept only the main line's weights); train the run again")
+    with open(architecture, encoding="utf-8") as f:
+        model = keras.models.model_from_json(f.read(), custom_objects=tfl.custom_objects())
+    model.load_weights(weights)
+    metrics = results.read_json(os.path.join(run_dir, f"level_{level}", "metrics.json"))
+    row = next((r for r in metrics["kinds"] if r["kind"] == kind), {})
+    provenance.update(method=f"imp_{kind}", level=level, kind=kind,
+                      remaining=row.get("remaining"), test_accuracy=row.get("test_accuracy"),
+                      rewind_step=config.get("rewind_step"), scope=config.get("scope"))
+    return model, provenance
+
+
+def default_output(run_dir: str, provenance: dict) -> str:
+    """``RUN/export`` for a training run, ``RUN/export/level_<i>_<kind>`` for IMP."""
+    if provenance.get("kind") is None:
+        return os.path.join(run_dir, "export")
+    return os.path.join(run_dir, "export", f"level_{provenance['level']}_{provenance['kind']}")
+
+
+def export_run(run_dir: str, output_dir: Optional[str] = None, level: Optional[int] = None,
+               kind: Optional[str] = None, **export_kwargs):
+    """Exports one model of a run folder (see ``load_run_model``); returns the report."""
+    from tf_lottery.export import export
+
+    model, provenance = load_run_model(run_dir, level, kind)
+    path = output_dir or default_output(run_dir, provenance)
+    return export(model, path, provenance=provenance, **export_kwargs)
