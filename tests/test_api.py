@@ -255,7 +255,8 @@ def test_strip_bakes_in_zeros_and_keeps_outputs(tiny_model, tiny_data):
         assert plain.get_layer("d1") is tiny_model.get_layer("d1")
         np.testing.assert_array_equal(plain.predict(tiny_data[0], verbose=0),
                                       sparse.predict(tiny_data[0], verbose=0))
-    assert tfl.sparsity_report(tfl.strip(sparse)) == tfl.sparsity_report(sparse)
+    unmasked = [dict(r, masked=False) for r in tfl.sparsity_report(sparse)]
+    assert tfl.sparsity_report(tfl.strip(sparse)) == unmasked
 
 
 def test_strip_reapplies_masks_after_a_write_behind_the_wrapper(tiny_model, tiny_data):
@@ -286,21 +287,44 @@ def test_sparsity_report_rows_totals_and_table(tiny_model):
     report = tfl.sparsity_report(sparse)
     assert isinstance(report, list) and len(report) == 4
     assert report[0] == {"layer": "conv", "weight": "kernel", "shape": [3, 3, 1, 4],
-                         "params": 36, "nonzeros": 18, "active": 18, "sparsity": 0.5}
+                         "params": 36, "nonzeros": 18, "active": 18, "sparsity": 0.5,
+                         "masked": True}
     assert report[1] == {"layer": "d1", "weight": "kernel", "shape": [144, 32],
-                         "params": 4608, "nonzeros": 2304, "active": 2304, "sparsity": 0.5}
+                         "params": 4608, "nonzeros": 2304, "active": 2304, "sparsity": 0.5,
+                         "masked": True}
     assert report[2] == {"layer": "d2", "weight": "kernel", "shape": [32, 10],
-                         "params": 320, "nonzeros": 160, "active": 160, "sparsity": 0.5}
+                         "params": 320, "nonzeros": 160, "active": 160, "sparsity": 0.5,
+                         "masked": True}
     assert report[3] == {"layer": "total", "weight": "", "shape": [], "params": 4964,
-                         "nonzeros": 2482, "active": 2482, "sparsity": 0.5}
+                         "nonzeros": 2482, "active": 2482, "sparsity": 0.5, "masked": True}
     assert str(report) == report.table() == (
-        "layer  weight  shape    params  nonzeros  sparsity\n"
-        "--------------------------------------------------\n"
-        "conv   kernel  3x3x1x4      36        18    50.00%\n"
-        "d1     kernel  144x32    4,608     2,304    50.00%\n"
-        "d2     kernel  32x10       320       160    50.00%\n"
-        "--------------------------------------------------\n"
-        "total                    4,964     2,482    50.00%")
+        "layer  weight  shape    params  nonzeros  sparsity  mask\n"
+        "--------------------------------------------------------\n"
+        "conv   kernel  3x3x1x4      36        18    50.00%   yes\n"
+        "d1     kernel  144x32    4,608     2,304    50.00%   yes\n"
+        "d2     kernel  32x10       320       160    50.00%   yes\n"
+        "--------------------------------------------------------\n"
+        "total                    4,964     2,482    50.00%      ")
+
+
+def test_sparsity_report_counts_every_prunable_weight_masked_or_not():
+    """A layer left dense (pinned, or one tfmot cannot prune) is in the rows and the total:
+    the total is the model's real sparsity, and unmasked rows say so."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)         # 27 weights, no mask
+    x = keras.layers.Conv2D(40, 1, name="pw")(x)                   # 120 weights, 90% sparse
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, name="fc")(x)                 # 14,400, pinned dense
+    model = keras.Model(inputs, outputs)
+    sparse = tfl.sparsify(model, 0.9, "uniform", seed=0, dense_layers=("DepthwiseConv2D", "fc"))
+    report = tfl.sparsity_report(sparse)
+    assert [(r["layer"], r["params"], r["active"], r["masked"]) for r in report] == [
+        ("dw", 27, 27, False), ("pw", 120, 12, True), ("fc", 14400, 14400, True),
+        ("total", 14547, 14439, False)]
+    assert report[-1]["sparsity"] == pytest.approx(108 / 14547)   # 0.74%, not 90%
+    lines = report.table().splitlines()
+    assert lines[2].split()[0] == "dw" and lines[2].split()[-1] == "no"
+    assert lines[4].split()[0] == "fc" and lines[4].split()[-2:] == ["0.00%", "yes"]
 
 
 def test_sparsity_report_erk_totals(tiny_model):

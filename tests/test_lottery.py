@@ -172,7 +172,7 @@ def test_refuses_to_clobber_a_different_run(data, tmp_path):
     assert rows[1]["remaining"] < 0.6
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not an IMP run folder"):
+    with pytest.raises(ValueError, match="not a tf-lottery run folder"):
         run(data, tmp_path, "other", levels=1)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
