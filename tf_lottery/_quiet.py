@@ -30,6 +30,7 @@ HARMLESS = tuple(re.compile(p) for p in (
     r"Sharding callback duration",
     r"computation_placer\.cc:\d+\] computation placer already registered",
     r"cuda_(fft|dnn|blas)\.cc:\d+\] Unable to register cu",
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
 ))
 
 BINARIES = ("tf-lottery",)
