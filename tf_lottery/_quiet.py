@@ -33,6 +33,23 @@ HARMLESS = tuple(re.compile(p) for p in (
     r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
 ))
 
+# Python log records of libraries that are known and harmless (absl logging).
+HARMLESS_RECORDS = tuple(re.compile(p) for p in (
+    r"`TensorInfo\.dtype` is deprecated",   # tensorflow_datasets' mock data
+))
+
+
+class RecordFilter:
+    """A ``logging`` filter dropping the records matching ``HARMLESS_RECORDS``."""
+
+    def filter(self, record) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        return not any(p.search(message) for p in HARMLESS_RECORDS)
+
+
 BINARIES = ("tf-lottery",)
 QUIET_ENV = "TF_LOTTERY_QUIET"      # set by tools/*.py before importing tf_lottery
 LOUD_ENV = "TF_LOTTERY_TF_LOGS"     # 1: keep TensorFlow's C++ log lines

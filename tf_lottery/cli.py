@@ -189,12 +189,15 @@ def _readable_logs() -> None:
     """tf-lottery's INFO lines with a short prefix (time); TensorFlow's Python logger only
     for errors (its warnings about saving and tracing are known and harmless), unless
     ``--verbosity=1``."""
-    logging.get_absl_handler().setFormatter(
-        pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    from tf_lottery import _quiet
+
+    handler = logging.get_absl_handler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     pylogging.getLogger("tf_lottery").setLevel(pylogging.INFO)
     if (FLAGS.verbosity or 0) < 1:
         logging.set_verbosity(logging.WARNING)
         pylogging.getLogger("tensorflow").setLevel(pylogging.ERROR)
+        handler.addFilter(_quiet.RecordFilter())
 
 
 def train_main(argv) -> None:

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from typing import Dict, List, Mapping, Optional
 
 import gin
@@ -75,8 +76,13 @@ def save_weights(model, path: str) -> None:
 
 
 def save_model(model, path: str) -> None:
-    """``model.save`` to an .h5 file, atomically."""
-    atomic_write(path, model.save)
+    """``model.save`` to an .h5 file, atomically (h5 on purpose: one file, loads with
+    ``tfl.custom_object_scope``; tf_keras' notice that h5 is legacy is not shown)."""
+    def save(tmp):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")
+            model.save(tmp, save_format="h5")
+    atomic_write(path, save)
 
 
 def write_csv(path: str, rows: List[Mapping], keys=SUMMARY_KEYS) -> None:
