@@ -198,6 +198,10 @@ def test_output_dir_holding_a_different_run_is_refused(tmp_path):
     assert again["checksums"] == first["checksums"]
     assert {p: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()} == files
 
+    from tf_lottery.export.run_folder import load_run_model  # what tf-lottery export loads
+    model, provenance = load_run_model(str(output_dir))
+    assert provenance["method"] == "RigL" and training.checksums(model) == first["checksums"]
+
     gin.clear_config()  # a different run into the same folder
     _smoke(DIGITS_RIGL, "sparse_training.sparsity = 0.5")
     with pytest.raises(ValueError, match="holds a different run"):

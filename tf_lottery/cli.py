@@ -280,7 +280,9 @@ def run(command: str, argv=None) -> None:
         export_cli.define_flags()
         usage, names, main = EXPORT_USAGE, export_cli.FLAG_NAMES, export_main
     else:
-        raise SystemExit(f"tf-lottery: unknown command {command!r}; use 'train' or 'export'")
+        print(f"tf-lottery: unknown command {command!r}; use 'tf-lottery train' or "
+              "'tf-lottery export' (--help lists their flags)", file=sys.stderr)
+        raise SystemExit(2)
     if _help_requested(argv):
         _print_help(usage, names)
         raise SystemExit(0)

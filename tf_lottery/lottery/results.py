@@ -149,13 +149,16 @@ class RunDirectory:
         entries = os.listdir(path) if os.path.isdir(path) else []
         if os.path.exists(path) and not os.path.isdir(path):
             raise RunFolderError(f"{path} is a file, not a folder; choose a new output_dir")
+        previous = read_json(run_file) if os.path.exists(run_file) else None
+        if previous == self.config and not is_run_folder(path):
+            # this very run, started by a tf-lottery without markers: resume it
+            write_text(os.path.join(path, MARKER), _MARKER_TEXT)
         if entries and not is_run_folder(path):
             shown = ", ".join(repr(e) for e in sorted(entries)[:3])
             raise RunFolderError(
                 f"{path} is not a tf-lottery run folder (it holds {shown}"
                 f"{', ...' if len(entries) > 3 else ''}); choose a new or empty output_dir "
                 "(--overwrite only replaces a folder tf-lottery wrote)")
-        previous = read_json(run_file) if os.path.exists(run_file) else None
         if previous == self.config:
             return  # the same run: resume, write nothing
         if previous is not None and set(entries) - _IDENTITY:
