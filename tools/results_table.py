@@ -52,12 +52,23 @@ def markdown(summary: dict, command: str) -> str:
         + ", ".join(f"{KIND_NAMES.get(k, k)} {100 * by[(levels[-1], k)]['test_accuracy']:.2f}%"
                     for k in kinds if (levels[-1], k) in by) + ".",
         "",
-        "| level | weights remaining | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
-        "| ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |",
     ]
+    # Frankle & Carbin's early-stopping figure for the main line, when the run has one
+    early = any(r.get("early_stop_test_accuracy") is not None for r in rows
+                if r["kind"] == main_kind)
+    names = [KIND_NAMES.get(k, k) for k in kinds]
+    if early:
+        names.insert(1, f"{KIND_NAMES.get(main_kind, main_kind)} at early stop (iteration)")
+    lines += ["| level | weights remaining | " + " | ".join(names) + " |",
+              "| ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
     for level in levels:
         cells = [f"{100 * by[(level, k)]['test_accuracy']:.2f}%" if (level, k) in by else ""
                  for k in kinds]
+        if early:
+            row = by[(level, main_kind)]
+            cells.insert(1, "" if row.get("early_stop_test_accuracy") is None else
+                         f"{100 * row['early_stop_test_accuracy']:.2f}% "
+                         f"({row['early_stop_iteration']})")
         lines.append(f"| {level} | {100 * by[(level, main_kind)]['remaining']:.1f}% | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
