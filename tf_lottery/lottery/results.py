@@ -111,7 +111,8 @@ class RunFolderError(ValueError):
 MARKER = ".tf_lottery_run"
 _MARKER_TEXT = ("This folder is a run folder written by tf-lottery. `--overwrite` replaces a "
                 "folder only when it holds this file (the old run is moved aside, not deleted).\n")
-_IDENTITY = {MARKER, "run.json", "config.gin"}
+# What a start writes before any result: a run holding only these can take a new config.
+_IDENTITY = {MARKER, "run.json", "config.gin", "model.json", "tensorboard"}
 
 
 def is_run_folder(path: str) -> bool:
@@ -184,6 +185,8 @@ class RunDirectory:
             write_text(config_gin, gin.config_str())
         elif os.path.exists(config_gin):  # ours, from the failed start this run replaces
             os.remove(config_gin)
+        if previous is not None and os.path.exists(os.path.join(path, "model.json")):
+            os.remove(os.path.join(path, "model.json"))  # ours: the new run writes its own
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
