@@ -22,7 +22,6 @@ Every kind trains ``T - k`` iterations, T being ``epochs`` of training data.
 import logging
 import math
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
+from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
 from tf_lottery.masking.api import apply_masks, get_masks, get_weights, set_masks, sparsify
@@ -173,9 +173,12 @@ class IterativeMagnitudePruning:
       controls: any of ``"reinit"``, ``"random_mask"`` (ticket mode only).
       mode: ``"ticket"``, ``"finetune"`` or ``"lr_rewind"``.
       seed: seeds the initialisation, data order and random masks of every level.
-      output_dir: where results go (see ``tf_lottery.lottery.results``); None keeps
+      output_dir: where results go (see ``tf_lottery.lottery.results``; every level and
+        kind can be exported from it with ``tf-lottery export --run_dir``); None keeps
         nothing on disk and cannot resume.
-      overwrite: replace a different run found in ``output_dir``.
+      overwrite: move a different run found in ``output_dir`` aside
+        (``output_dir.old-<time>``) and start again; a folder tf-lottery did not write is
+        always refused (see ``tf_lottery.lottery.results.RunDirectory``).
       deterministic: enable TensorFlow op determinism so a resumed run reproduces an
         uninterrupted one bit for bit.
       verbose: 0 = silent (one ``logging`` INFO line per level); 1 = a level progress
@@ -376,7 +379,7 @@ class IterativeMagnitudePruning:
                   if self.output_dir else None)
         start_level = 0
         if folder is not None:
-            _write_architecture(folder, model)
+            folder.write_architecture(model)
             while start_level < self.levels and folder.finished(start_level):
                 start_level += 1
             if start_level == self.levels:
@@ -391,14 +394,8 @@ class IterativeMagnitudePruning:
         if start_level > 0:
             self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
             model.load_weights(folder.level(start_level - 1, "weights.h5"))
-        self._progress = None
-        self._session = (start_level, time.perf_counter())
-        if self.verbose >= 1 and _interactive():
-            self._progress = keras.utils.Progbar(self.levels, unit_name="level")
-            self._progress.update(start_level)
-        self._current_level = start_level
+        self._progress = LevelProgress(self.levels, start_level, self.verbose)
         for level in range(start_level, self.levels):
-            self._current_level = level
             rows += self._level(level, model, folder)
         return self._finish(folder, rows)
 
@@ -457,18 +454,7 @@ class IterativeMagnitudePruning:
                 f"{row['kind']} test accuracy {row['test_accuracy']:.4f}"
                 f"{f' ({controls})' if controls else ''}; {wall:.1f} s "
                 f"(overhead {100 * overhead / wall:.2f}%)")
-        progress = getattr(self, "_progress", None)
-        if self.verbose < 1:
-            log.info("%s", line)
-        elif progress is not None:
-            _print_above_bar(line)
-            progress.update(level + 1)
-        else:  # a log file: the progress goes on the level's line
-            first, t0 = getattr(self, "_session", (level, t_level))
-            per_level = (time.perf_counter() - t0) / (level + 1 - first)
-            left = per_level * (self.levels - level - 1)
-            print(f"[{level + 1}/{self.levels} levels, {per_level:.1f} s/level, about "
-                  f"{_clock(left)} left] {line}", flush=True)
+        self._progress.level_done(level, line)
         return kinds
 
     def _tensorboard(self, folder, kinds) -> None:
@@ -492,35 +478,6 @@ class IterativeMagnitudePruning:
             from tf_lottery.plots import plot_accuracy_vs_remaining
             plot_accuracy_vs_remaining(rows, folder.file("accuracy_vs_remaining.png"))
         return rows
-
-
-def _write_architecture(folder, model) -> None:
-    """``model.json``: the masked model's architecture, for ``tf-lottery export``."""
-    path = folder.file("model.json")
-    if os.path.exists(path):
-        return
-    try:
-        text = model.to_json()
-    except (NotImplementedError, TypeError, ValueError) as error:  # e.g. a Lambda layer
-        log.warning("the model cannot be saved as JSON (%s): tf-lottery export will need "
-                    "the model code", error)
-        return
-    results.write_text(path, text)
-
-
-def _interactive() -> bool:
-    return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _print_above_bar(line: str) -> None:
-    """Prints ``line`` on its own line above a Keras progress bar drawn in place."""
-    sys.stdout.write("\r\033[K" + line + "\n")
-    sys.stdout.flush()
 
 
 @gin.configurable

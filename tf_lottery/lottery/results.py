@@ -188,6 +188,20 @@ class RunDirectory:
         if previous is not None and os.path.exists(os.path.join(path, "model.json")):
             os.remove(os.path.join(path, "model.json"))  # ours: the new run writes its own
 
+    def write_architecture(self, model) -> None:
+        """``model.json``: the masked model's architecture (``model.to_json()``), for
+        ``tf-lottery export``; written once."""
+        path = self.file("model.json")
+        if os.path.exists(path):
+            return
+        try:
+            text = model.to_json()
+        except (NotImplementedError, TypeError, ValueError) as error:  # e.g. a Lambda layer
+            log.warning("the model cannot be saved as JSON (%s): tf-lottery export will need "
+                        "the model code", error)
+            return
+        write_text(path, text)
+
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
