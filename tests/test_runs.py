@@ -65,6 +65,10 @@ def test_overwrite_moves_our_run_aside_and_never_touches_other_files(tmp_path, m
     assert sorted(os.listdir(run)) == [results.MARKER, "run.json"]
 
     results.write_json(str(run / "level_0" / "metrics.json"), {"kinds": []})
+    (run / "notes.txt").write_text("mine")  # a user's file inside a run folder
+    with pytest.raises(results.RunFolderError, match="did not write.*notes.txt"):
+        results.RunDirectory(str(run), {"a": 3}, overwrite=True)
+    (run / "notes.txt").unlink()
     monkeypatch.chdir(run)  # --output_dir=. --overwrite: the working directory stays
     with pytest.raises(results.RunFolderError, match="current directory"):
         results.RunDirectory(".", {"a": 3}, overwrite=True)

@@ -160,6 +160,12 @@ def test_ctrl_c_says_where_the_run_stopped_and_that_it_resumes(tmp_path, capsys,
     assert _cli(*args) in (None, 0)
     assert (output_dir / "level_1" / "metrics.json").is_file()
 
+    operative = (output_dir / "operative_config.gin").read_bytes()  # complete, written once
+    assert b"lenet_300_100." in operative and b"make_optimizer.learning_rate = 0.0012" in operative
+    gin.clear_config()
+    assert _cli(*args) in (None, 0)  # a repeat of the finished run
+    assert (output_dir / "operative_config.gin").read_bytes() == operative
+
 
 def test_missing_tfds_data_says_how_to_prepare_it(tmp_path, capsys):
     empty = tmp_path / "tfds"

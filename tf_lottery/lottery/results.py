@@ -115,6 +115,17 @@ _MARKER_TEXT = ("This folder is a run folder written by tf-lottery. `--overwrite
 _IDENTITY = {MARKER, "run.json", "config.gin", "model.json", "tensorboard"}
 
 
+_WRITTEN = _IDENTITY | {"operative_config.gin", "rewind_point.npz", "summary.json",
+                        "summary.csv", "accuracy_vs_remaining.png", "export", "backup",
+                        "model.h5", "metrics.json", "layer_sparsity.png"}
+
+
+def _not_ours(entries) -> List[str]:
+    """The entries of a run folder that tf-lottery does not write."""
+    return sorted(e for e in entries if e not in _WRITTEN and not e.startswith(
+        ("level_", ".tmp-")))
+
+
 def is_run_folder(path: str) -> bool:
     """Whether ``path`` is a folder tf-lottery wrote (it holds our marker file)."""
     return os.path.isfile(os.path.join(path, MARKER))
@@ -170,6 +181,11 @@ class RunDirectory:
                     f"{path} holds a different run (settings that differ: {changed}); "
                     "choose another output_dir, or pass overwrite=True (--overwrite) to move "
                     f"it aside to {os.path.normpath(path)}.old-<time> and start again")
+            foreign = _not_ours(entries)
+            if foreign:
+                raise RunFolderError(
+                    f"{path} holds files tf-lottery did not write ({', '.join(foreign[:3])}); "
+                    "move them out of the run folder first, or choose another output_dir")
             if _is_cwd_or_above(path):
                 raise RunFolderError(
                     f"{path} is the current directory (or holds it): it cannot be moved "
