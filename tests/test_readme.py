@@ -4,18 +4,19 @@
 scratch folder that links ``gin_configs/``; ``text`` blocks are output, not code. Training
 commands run as smoke runs through ``TF_LOTTERY_MAX_STEPS=2``, which the binary honours
 (see the README); the main job's output is checked for TensorFlow noise (NodeDef,
-CUDA, absl lines) and for its one line per level. A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the
-test pins that list (installing the package, downloading CIFAR-10, fixed network ports).
+CUDA, absl lines) and for its one line per level. A block preceded by
+``<!-- readme-test: skip (reason) -->`` is not run; the test pins that list (installing
+the package, downloading CIFAR-10, fixed network ports).
 The results table is the one ``tools/results_table.py`` makes from the run it came from.
 """
 import importlib.util
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -79,7 +80,6 @@ def test_every_block_runs_as_written(tmp_path, monkeypatch):
     for lang, code, reason in found:
         if reason or lang == "text":
             continue
-        start = time.perf_counter()
         if lang == "python":
             exec(compile(code, str(README), "exec"), scope)
         else:
@@ -97,7 +97,6 @@ def test_every_block_runs_as_written(tmp_path, monkeypatch):
                 assert lines[2].startswith("tf-lottery result: ") and len(lines) == 3
                 assert done.stderr == ""
         ran.append(lang)
-        print(f"{time.perf_counter() - start:6.1f} s  {lang}: {code.strip().splitlines()[0]}")
     assert ran.count("python") == 4 and ran.count("sh") == 3, ran
     assert (work / "runs" / "digits_imp" / "level_1" / "weights_reinit.h5").is_file()
     assert (work / "runs" / "digits_imp" / "export" / "level_1_reinit" / "saved_model").is_dir()
@@ -110,7 +109,6 @@ def test_results_table_is_the_one_its_run_produced():
                                                   ROOT / "tools" / "results_table.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    import json
     summary = json.loads((ROOT / "docs" / "digits_lenet300100_imp_summary.json").read_text())
     text = README.read_text(encoding="utf-8")
     assert tool.section_of(text) == tool.markdown(summary, tool.DEFAULT_COMMAND)

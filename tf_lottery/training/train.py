@@ -10,10 +10,13 @@
   ``@GradualMagnitudePruning`` with ``GradualMagnitudePruning.schedule =
   @PolynomialDecay()``).
 
-Each run writes the operative gin config (once, when it first finishes), TensorBoard logs, checkpoints that make it
-resumable and its final metrics as JSON (``metrics.json`` for ``sparse_training``,
-``summary.json`` / ``summary.csv`` for IMP); ``train.export = True`` also exports the
-final model with ``tf_lottery.export.export`` into ``output_dir/export``.
+Each run writes the operative gin config (once, when it first finishes), TensorBoard
+logs, checkpoints that make it resumable and its final metrics as JSON (``metrics.json``
+for ``sparse_training``, ``summary.json`` / ``summary.csv`` for IMP); ``train.export =
+True`` also exports the final model with ``tf_lottery.export.export`` into
+``output_dir/export`` (IMP: ``output_dir/export/level_<i>_<kind>``). Everything that can
+be misconfigured (gin values, the optimizer, the model, the data) is built before the
+run folder is created or changed.
 
 The smoke override ``train.max_steps = N`` shortens every experiment: IMP runs 2
 levels of N iterations (late rewinding rewinds to iteration 1; tf.data test and
