@@ -332,3 +332,25 @@ def test_console_script_help_lists_the_flags():
     for name in FLAG_NAMES:
         assert f"--{name}" in done.stdout or f"--[no]{name}" in done.stdout, name
     assert "TF_CONFIG" in done.stdout  # the usage text explains --strategy=multi_worker
+
+
+def test_stderr_filter_drops_known_noise_and_keeps_everything_else():
+    """The binaries' fd-2 filter (tf_lottery._quiet), in a process without TensorFlow:
+    known-harmless lines go, real errors and a traceback printed at exit stay."""
+    script = f"""
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("q", {str(ROOT / 'tf_lottery' / '_quiet.py')!r})
+q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
+q.StderrFilter()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+os.write(2, b"E0000 00:00:1.0  1 node_def_util.cc:682] NodeDef mentions attribute use_unbounded_threadpool which is not\\n")
+os.write(2, b"E0000 00:00:1.0  1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\\n")
+os.write(2, b"I0000 00:00:1.0  1 sharding_util.cc:1] Sharding callback duration: 12\\n")
+os.write(2, b"E0000 00:00:1.0  1 some_op.cc:1] a real error\\n")
+raise SystemExit("tf-lottery train: the last line")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["E0000 00:00:1.0  1 some_op.cc:1] a real error",
+                                        "tf-lottery train: the last line"]
