@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
+from tf_lottery._io import local_copy
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
@@ -164,8 +165,9 @@ class IterativeMagnitudePruning:
       controls: any of ``"reinit"``, ``"random_mask"`` (ticket mode only).
       mode: ``"ticket"``, ``"finetune"`` or ``"lr_rewind"``.
       seed: seeds the initialisation, data order and random masks of every level.
-      output_dir: where results go (see ``tf_lottery.lottery.results``); None keeps
-        nothing on disk and cannot resume.
+      output_dir: where results go (see ``tf_lottery.lottery.results``), local or on any
+        ``tf.io.gfile`` filesystem (``gs://bucket/run``); None keeps nothing on disk and
+        cannot resume.
       overwrite: replace a different run found in ``output_dir``.
       deterministic: enable TensorFlow op determinism so a resumed run reproduces an
         uninterrupted one bit for bit.
@@ -370,7 +372,8 @@ class IterativeMagnitudePruning:
         rows = folder.rows(start_level) if folder is not None else []
         if start_level > 0:
             self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
-            model.load_weights(folder.level(start_level - 1, "weights.h5"))
+            with local_copy(folder.level(start_level - 1, "weights.h5")) as weights:
+                model.load_weights(weights)
         for level in range(start_level, self.levels):
             rows += self._level(level, model, folder)
         return self._finish(folder, rows)
