@@ -5,15 +5,18 @@ user's layer name (``"dense_1/kernel"``, ``"mha/query_kernel"``), the same for t
 wrapped and the plain model. Functions that take layer names (``dense_layers``,
 ``custom_sparsity``) apply them to every prunable weight of the layer.
 """
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tf_lottery._keras import keras, tfmot
 from tf_lottery.masking import agreement, distributions, graph, selection
-from tf_lottery.masking.wrapper import MaskedLayer, _short_name
-from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
-    PruneRegistry as _PruneRegistry)
+from tf_lottery.masking.units import Unit as _Unit
+from tf_lottery.masking.units import check_model as _check_model
+from tf_lottery.masking.units import require_units as _require_units
+from tf_lottery.masking.units import units as _units
+from tf_lottery.masking.units import walk as _walk
+from tf_lottery.masking.wrapper import MaskedLayer
 
 MASK_INITS = ("random", "magnitude")
 
@@ -26,85 +29,6 @@ def custom_objects() -> Dict[str, type]:
 def custom_object_scope():
     """``with tfl.custom_object_scope(): keras.models.load_model(path)``."""
     return keras.utils.custom_object_scope(custom_objects())
-
-
-def _walk_paths(model, prefix: str = "") -> Iterator:
-    """``(path, layer)`` of every non-model layer, path = nested model names + layer name."""
-    prefix = f"{prefix}{model.name}/"
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and not isinstance(layer, MaskedLayer):
-            yield from _walk_paths(layer, prefix)
-        else:
-            inner = layer.layer if isinstance(layer, MaskedLayer) else layer
-            yield prefix + inner.name, layer
-
-
-def _walk(model) -> Iterator:
-    for _, layer in _walk_paths(model):
-        yield layer
-
-
-def _prunable_weights(layer):
-    """The weights tfmot would prune in ``layer``; None if tfmot cannot prune it."""
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        # tfmot registers it with no prunable weight: its kernel would stay dense unnoticed
-        return None
-    if isinstance(layer, MaskedLayer):
-        return [w for w, _ in layer.masked_weights]
-    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(
-            layer, "get_prunable_weights"):
-        return list(layer.get_prunable_weights())
-    if _PruneRegistry.supports(layer):
-        return list(_PruneRegistry.make_prunable(layer).get_prunable_weights())
-    return None
-
-
-class _Unit:
-    """One prunable weight: its key, layer, variable and (if wrapped) mask."""
-
-    def __init__(self, layer, inner, weight, mask=None):
-        self.layer, self.inner, self.weight, self.mask = layer, inner, weight, mask
-        self.key = f"{inner.name}/{_short_name(weight, inner).replace('/', '_')}"
-        self.shape = tuple(int(d) for d in weight.shape)
-        self.size = int(np.prod(self.shape))
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}; build models "
-                        "with tf_keras (import tf_lottery first), not Keras 3")
-    if not model.built:
-        raise ValueError(f"model {model.name!r} is not built: give its first layer an input "
-                         "shape or call it once on data before sparsifying")
-
-
-def _units(model, unsupported: Optional[List] = None) -> List[_Unit]:
-    """Every prunable weight of ``model`` once, in model order; keys must be unique."""
-    _check_model(model)
-    units, seen, where = [], set(), {}
-    for path, layer in _walk_paths(model):
-        if id(layer) in seen:
-            continue  # one layer object shared by two nested models: its weights once
-        seen.add(id(layer))
-        weights = _prunable_weights(layer)
-        if weights is None:
-            if unsupported is not None and layer.trainable_weights:
-                unsupported.append(layer)
-            continue
-        if isinstance(layer, MaskedLayer):
-            found = [_Unit(layer, layer.layer, w, m) for w, m in layer.masked_weights]
-        else:
-            found = [_Unit(layer, layer, w) for w in weights]
-        for u in found:
-            if u.key in where:
-                raise ValueError(
-                    f"weight key {u.key!r} names two weights, of {where[u.key]!r} and "
-                    f"{path!r}: tf-lottery keys weights by layer name, so layer names must be "
-                    "unique across nested models; rename one (e.g. "
-                    f"name={u.inner.name + '_2'!r})")
-            where[u.key] = path
-        units += found
-    return units
 
 
 def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
@@ -126,13 +50,6 @@ def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
         for key in by_name[name]:
             pins[key] = float(value)
     return pins
-
-
-def _require_units(model, units):
-    if not units:
-        raise ValueError(f"model {model.name!r} has no layer that tfmot can prune (Dense, Conv, "
-                         "Embedding, ... or a layer implementing "
-                         "tfmot.sparsity.keras.PrunableLayer)")
 
 
 def _resolve_dense_layers(model, units, unsupported, dense_layers) -> List[str]:
