@@ -1,4 +1,5 @@
 """Run folders, checkpoints and exports on a tf.io.gfile filesystem (ram://, as gs://)."""
+import pathlib
 import uuid
 
 import numpy as np
@@ -95,3 +96,34 @@ def test_imp_run_writes_resumes_and_exports_on_ram_filesystem():
     np.testing.assert_allclose(out, ticket(x).numpy(), atol=1e-6)
     with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         tfl.export(ticket, target, tflite=False, verify=False, verbose=False)
+
+
+def test_training_binary_runs_into_a_ram_folder_and_finds_it_finished(tmp_path):
+    import gin
+    from tf_lottery.training import train as training
+
+    root = _ram("train")
+    config = str(pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
+                 / "digits_lenet300100_rigl.gin")
+    runs = []
+    try:
+        for _ in range(2):
+            gin.clear_config()
+            training.parse_gin([config], ["train.max_steps = 2", "sparse_training.verbose = 0"])
+            runs.append(training.train(root))
+    finally:
+        gin.clear_config()
+    for name in ("run.json", "metrics.json", "model.h5", "layer_sparsity.png",
+                 "operative_config.gin"):
+        assert gfile.exists(f"{root}/{name}"), name
+    assert runs[1] == results.read_json(f"{root}/metrics.json")  # read back, not retrained
+    assert runs[1]["fit_seconds"] == runs[0]["fit_seconds"]
+    assert runs[1]["checksums"] == runs[0]["checksums"]
+
+    # a non-chief worker's private copy of a remote run folder
+    _io.download_tree(root, str(tmp_path / "copy"), skip=("tensorboard", "backup", ".tmp-*"))
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == sorted(n.rstrip("/") for n in gfile.listdir(root)
+                            if n.rstrip("/") not in ("tensorboard", "backup"))
+    assert (tmp_path / "copy" / "metrics.json").read_bytes() == _io.read_bytes(
+        f"{root}/metrics.json")

@@ -7,6 +7,7 @@ a remote file is produced in a local temporary folder (h5py, matplotlib and nump
 write local files), copied beside its target under a temporary name and renamed.
 """
 import contextlib
+import fnmatch
 import os
 import tempfile
 import uuid
@@ -106,3 +107,22 @@ def upload_tree(local_dir: str, path: str, last: Sequence[str] = ()) -> List[str
     for rel in files:
         _put(os.path.join(local_dir, rel), path.rstrip("/") + "/" + rel)
     return files
+
+
+def download_tree(path: str, local_dir: str, skip: Sequence[str] = ()) -> None:
+    """Copies the ``tf.io.gfile`` folder ``path`` into the local folder ``local_dir``,
+    leaving out top-level entries whose names match a pattern in ``skip`` (fnmatch)."""
+    if not gfile.isdir(path):
+        return
+    root = path.rstrip("/")
+    for folder, _, names in gfile.walk(root):
+        rel = folder[len(root):].strip("/")
+        top = (rel.split("/", 1)[0] if rel else None)
+        if top is not None and any(fnmatch.fnmatch(top, p) for p in skip):
+            continue
+        os.makedirs(os.path.join(local_dir, rel), exist_ok=True)
+        for name in names:
+            if not rel and any(fnmatch.fnmatch(name, p) for p in skip):
+                continue
+            gfile.copy(f"{folder.rstrip('/')}/{name}", os.path.join(local_dir, rel, name),
+                       overwrite=True)
