@@ -8,6 +8,7 @@ numpy differently (as two unseeded processes would differ), then:
 - sparsifies a model outside the strategy (no broadcast): its masks differ by worker;
 - sparsifies a model built in the strategy's scope with ``seed=None``: the masks must be
   the chief's on both workers, and ``tfl.check_masks_agree`` passes;
+- sparsifies with different explicit seeds per worker in the scope: the chief's wins;
 - worker 1 alone flips one mask entry: ``check_masks_agree`` must raise on both.
 """
 import hashlib
@@ -43,6 +44,8 @@ def main(out):
     local = tfl.get_masks(tfl.sparsify(_build(keras), 0.5, "uniform"))
     with strategy.scope():
         model = tfl.sparsify(_build(keras), 0.5, "uniform")
+        explicit = tfl.sparsify(_build(keras), 0.5, "uniform", seed=2**40 + 3 + task)
+    chief_local = tfl.get_masks(tfl.sparsify(_build(keras), 0.5, "uniform", seed=2**40 + 3))
     masks = tfl.get_masks(model)
     sha = _sha(masks)
     digest = tfl.check_masks_agree(model)
@@ -55,7 +58,8 @@ def main(out):
     except RuntimeError as e:
         error = str(e)
     result = {"task": task, "replicas": strategy.num_replicas_in_sync,
-              "local_sha": _sha(local), "sha": sha, "digest": digest, "error": error,
+              "local_sha": _sha(local), "sha": sha,
+              "explicit_sha": _sha(tfl.get_masks(explicit)), "chief_local_sha": _sha(chief_local), "digest": digest, "error": error,
               "kept": {k: int(v.sum()) for k, v in tfl.get_masks(model).items()}}
     with open(out + ".tmp", "w") as f:
         json.dump(result, f)

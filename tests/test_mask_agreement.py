@@ -93,6 +93,8 @@ def test_two_workers_seed_none_get_identical_masks(tmp_path):
     # ... in its scope, with seed=None, both hold the chief's masks
     assert chief["sha"] == worker["sha"]
     assert chief["digest"] == worker["digest"] and len(chief["digest"]) == 16
+    # explicit seeds that differ by worker (above 2**32): every worker uses the chief's
+    assert chief["explicit_sha"] == worker["explicit_sha"] == chief["chief_local_sha"]
     assert chief["kept"] == {"d1/kernel": 48, "d2/kernel": 32}
     assert worker["kept"]["d1/kernel"] in (47, 49)
     # one entry changed on worker 1 only: the check fails loudly on both workers

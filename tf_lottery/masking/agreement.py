@@ -54,17 +54,19 @@ def _from_first_replica(strategy, values: np.ndarray) -> np.ndarray:
 
 
 def chief_seed(seed: int, strategy: tf.distribute.Strategy) -> int:
-    """``seed`` (in [0, 2**31)) as the chief drew it, under a multi-worker strategy.
+    """``seed`` (an int in [0, 2**64)) as the chief has it, under a multi-worker strategy.
 
     Every worker must call this at the same point (it is a collective operation);
     with a single worker it returns ``seed`` unchanged.
     """
     seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
     if not is_multi_worker(strategy):
         return seed
-    halves = np.array([seed >> 16, seed & 0xFFFF], np.float32)
-    hi, lo = _from_first_replica(strategy, halves)
-    return int(hi) * 65536 + int(lo)
+    chunks = np.array([(seed >> (16 * k)) & 0xFFFF for k in range(_CHUNKS)], np.float32)
+    chief = _from_first_replica(strategy, chunks)
+    return sum(int(c) << (16 * k) for k, c in enumerate(chief))
 
 
 def _digest(mask) -> tf.Tensor:
