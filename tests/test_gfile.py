@@ -119,6 +119,9 @@ def test_training_binary_runs_into_a_ram_folder_and_finds_it_finished(tmp_path):
     assert runs[1] == results.read_json(f"{root}/metrics.json")  # read back, not retrained
     assert runs[1]["fit_seconds"] == runs[0]["fit_seconds"]
     assert runs[1]["checksums"] == runs[0]["checksums"]
+    from tf_lottery.export.cli import load_checkpoint
+    from tf_lottery.training.train import checksums
+    assert checksums(load_checkpoint(f"{root}/model.h5")) == runs[0]["checksums"]
 
     # a non-chief worker's private copy of a remote run folder
     _io.download_tree(root, str(tmp_path / "copy"), skip=("tensorboard", "backup", ".tmp-*"))
