@@ -32,8 +32,8 @@ from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import (get_masks, get_weights, output_keys, set_masks,
-                                    sparsify)
+from tf_lottery.masking.api import (check_masks_agree, get_masks, get_weights, output_keys,
+                                    set_masks, sparsify)
 
 log = logging.getLogger("tf_lottery")
 
@@ -396,6 +396,8 @@ class IterativeMagnitudePruning:
             else:
                 start = self.total if self.mode == "finetune" else self.k
             set_masks(model, masks)
+            if model.distribute_strategy.num_replicas_in_sync > 1:
+                check_masks_agree(model)  # pruned from each worker's copy of the weights
         prep_seconds = time.perf_counter() - t_level
         row = self._train(model, start, level, self.mode, extra)
         if level == 0:
