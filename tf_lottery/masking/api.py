@@ -71,7 +71,7 @@ def _resolve_dense_layers(model, units, unsupported, dense_layers) -> List[str]:
             + ". tfmot's registry matches exact classes and leaves DepthwiseConv2D out: "
             "implement tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list "
             "it in dense_layers to leave it dense")
-    return [n for n in skip if n not in {layer.name for layer in unsupported}]
+    return sorted(n for n in skip if n not in {layer.name for layer in unsupported})
 
 
 def _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity, erk_power_scale,
