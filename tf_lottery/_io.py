@@ -1,14 +1,33 @@
-"""Atomic file writes that honour the umask, and moving a folder aside.
+"""Atomic file writes: a temporary file in the target's folder, then a rename.
 
 A process killed at any moment leaves either the old file or the new one, never half
-of one. Used by run folders, plots and exports. ``tempfile`` creates its files 0600 and
-its folders 0700 whatever the umask; ``atomic_write`` and ``honour_umask`` give them the
-mode a plain ``open`` / ``os.makedirs`` would have (0644 / 0755 under umask 022), so a
-colleague or a TensorBoard running as another user can read the results.
+of one. Used by run folders, plots and exports. Paths may be local or any filesystem
+``tf.io.gfile`` knows (``gs://`` on TPU and multi-worker jobs, ``ram://`` in tests):
+a remote file is produced in a local temporary folder (h5py, matplotlib and numpy
+write local files), copied beside its target under a temporary name and renamed.
+
+Local files honour the umask: ``tempfile`` creates its files 0600 and its folders 0700
+whatever the umask; ``atomic_write`` and ``honour_umask`` give them the mode a plain
+``open`` / ``os.makedirs`` would have (0644 / 0755 under umask 022), so a colleague or a
+TensorBoard running as another user can read the results. Nothing is deleted to make
+room: ``move_aside`` renames a folder to ``<folder>.old-<time>``.
 """
+import contextlib
+import fnmatch
 import os
 import tempfile
 import time
+import uuid
+from typing import List, Sequence
+
+from tf_lottery._keras import tf
+
+gfile = tf.io.gfile
+
+
+def is_local(path: str) -> bool:
+    """True for a path of the local filesystem (no ``scheme://`` prefix)."""
+    return "://" not in os.fspath(path)
 
 
 def umask() -> int:
@@ -19,8 +38,8 @@ def umask() -> int:
 
 
 def honour_umask(path: str) -> None:
-    """Gives ``path`` (a file or a folder tree made by ``tempfile``) the usual modes:
-    0666 & ~umask for files, 0777 & ~umask for folders."""
+    """Gives the local ``path`` (a file or a folder tree made by ``tempfile``) the usual
+    modes: 0666 & ~umask for files, 0777 & ~umask for folders."""
     mask = umask()
     if os.path.isdir(path) and not os.path.islink(path):
         os.chmod(path, 0o777 & ~mask)
@@ -35,8 +54,46 @@ def honour_umask(path: str) -> None:
         os.chmod(path, 0o666 & ~mask)
 
 
+def move_aside(path: str) -> str:
+    """Renames the local ``path`` to ``path.old-<UTC time>`` (a free name); returns the
+    new name. Nothing is deleted: replacing a folder keeps the old one beside it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = os.path.normpath(path) + f".old-{stamp}"
+    target, n = base, 1
+    while os.path.lexists(target):
+        n += 1
+        target = f"{base}-{n}"
+    os.replace(path, target)
+    return target
+
+
+def _put(local: str, path: str) -> None:
+    """Copies the local file ``local`` to the remote ``path``: temporary name, then rename."""
+    folder, name = path.rsplit("/", 1)
+    gfile.makedirs(folder)
+    tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}"
+    try:
+        gfile.copy(local, tmp, overwrite=True)
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if gfile.exists(tmp):
+            gfile.remove(tmp)
+        raise
+
+
+def _atomic_write_remote(path: str, write) -> None:
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_") as local_dir:
+        local = os.path.join(local_dir, path.rsplit("/", 1)[-1])
+        write(local)
+        _put(local, path)
+
+
 def atomic_write(path: str, write) -> None:
-    """Calls ``write(tmp_path)`` and renames the result to ``path`` (mode 0666 & ~umask)."""
+    """Calls ``write(tmp_path)`` (a local path) and renames the result to ``path``
+    (a local file gets mode 0666 & ~umask)."""
+    if not is_local(path):
+        _atomic_write_remote(path, write)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -59,16 +116,59 @@ def write_text(path: str, text: str) -> None:
     atomic_write(path, write)
 
 
-def move_aside(path: str) -> str:
-    """Renames ``path`` to ``path.old-<UTC time>`` (a free name); returns the new name.
+def read_bytes(path: str) -> bytes:
+    """The content of ``path`` (local or any ``tf.io.gfile`` filesystem)."""
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
 
-    Nothing is deleted: replacing a folder keeps the old one beside it.
+
+@contextlib.contextmanager
+def local_copy(path: str):
+    """``path`` itself if local, else a local temporary copy (for h5py and the like)."""
+    if is_local(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_") as local_dir:
+        local = os.path.join(local_dir, path.rsplit("/", 1)[-1])
+        gfile.copy(path, local, overwrite=True)
+        yield local
+
+
+def upload_tree(local_dir: str, path: str, last: Sequence[str] = ()) -> List[str]:
+    """Copies the local folder ``local_dir`` to ``path`` on a ``tf.io.gfile`` filesystem.
+
+    File by file, each under a temporary name and renamed, so no file is ever half
+    written; the files named in ``last`` (paths relative to ``local_dir``) go after all
+    the others. Object stores have no atomic folder rename: a reader treats the folder
+    as complete once its ``last`` files exist.
+
+    Returns:
+      the relative paths copied, in order.
     """
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    base = os.path.normpath(path) + f".old-{stamp}"
-    target, n = base, 1
-    while os.path.lexists(target):
-        n += 1
-        target = f"{base}-{n}"
-    os.replace(path, target)
-    return target
+    files = []
+    for root, _, names in os.walk(local_dir):
+        files += [os.path.relpath(os.path.join(root, n), local_dir).replace(os.sep, "/")
+                  for n in sorted(names)]
+    files = [f for f in files if f not in last] + [f for f in last if f in files]
+    for rel in files:
+        _put(os.path.join(local_dir, rel), path.rstrip("/") + "/" + rel)
+    return files
+
+
+def download_tree(path: str, local_dir: str, skip: Sequence[str] = ()) -> None:
+    """Copies the ``tf.io.gfile`` folder ``path`` into the local folder ``local_dir``,
+    leaving out top-level entries whose names match a pattern in ``skip`` (fnmatch)."""
+    if not gfile.isdir(path):
+        return
+    root = path.rstrip("/")
+    for folder, _, names in gfile.walk(root):
+        rel = folder[len(root):].strip("/")
+        top = (rel.split("/", 1)[0] if rel else None)
+        if top is not None and any(fnmatch.fnmatch(top, p) for p in skip):
+            continue
+        os.makedirs(os.path.join(local_dir, rel), exist_ok=True)
+        for name in names:
+            if not rel and any(fnmatch.fnmatch(name, p) for p in skip):
+                continue
+            gfile.copy(f"{folder.rstrip('/')}/{name}", os.path.join(local_dir, rel, name),
+                       overwrite=True)

@@ -133,22 +133,24 @@ def _fail(command: str, message: str):
 
 def _where_it_stopped(output_dir) -> str:
     """Where an interrupted run stands, read from its folder."""
-    if not output_dir or not os.path.exists(os.path.join(output_dir, "run.json")):
-        return "nothing was saved yet"
+    from tf_lottery._io import gfile
     from tf_lottery.lottery import results
+
+    if not output_dir or not gfile.exists(os.path.join(output_dir, "run.json")):
+        return "nothing was saved yet"
 
     config = results.read_json(os.path.join(output_dir, "run.json"))
     if "levels" in config:
         levels = int(config["levels"])
         done = 0
-        while done < levels and os.path.exists(
+        while done < levels and gfile.exists(
                 os.path.join(output_dir, f"level_{done}", "metrics.json")):
             done += 1
         if done == 0:
             return f"level 0 of {levels} was in progress (no level is finished)"
         return (f"levels 0-{done - 1} of {levels} are saved in {output_dir}, level {done} "
                 "was in progress")
-    if os.path.exists(os.path.join(output_dir, "metrics.json")):
+    if gfile.exists(os.path.join(output_dir, "metrics.json")):
         return f"the run in {output_dir} had finished"
     return (f"the last finished epoch is saved in {os.path.join(output_dir, 'backup')}"
             if os.path.isdir(os.path.join(output_dir, "backup")) else

@@ -76,10 +76,15 @@ def define_flags(flag_values=flags.FLAGS) -> None:
 def load_checkpoint(path: str):
     """The tf_keras model saved at ``path``, MaskedLayers included."""
     import tf_lottery as tfl
+    from tf_lottery import _io
     from tf_lottery._keras import keras
-    if not os.path.exists(path):
+    if not _io.gfile.exists(path):
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
+    if _io.gfile.isdir(path):  # a SavedModel: TensorFlow reads it from any gfile path
+        return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
+    with _io.local_copy(path) as local:  # h5py reads local files only
+        return keras.models.load_model(local, custom_objects=tfl.custom_objects(),
+                                       compile=False)
 
 
 def export_checkpoint(FLAGS=flags.FLAGS):
@@ -99,13 +104,15 @@ def export_checkpoint(FLAGS=flags.FLAGS):
     if FLAGS.level is not None or FLAGS.kind:
         raise app.UsageError("--level and --kind choose a model of --run_dir, not of "
                              "--checkpoint")
+    from tf_lottery import _io
     from tf_lottery.export import export
     model = load_checkpoint(FLAGS.checkpoint)
     gin_config = None
     if FLAGS.gin_file:
-        gin_config = "\n".join(open(f, encoding="utf-8").read() for f in FLAGS.gin_file)
+        gin_config = "\n".join(_io.read_bytes(f).decode("utf-8") for f in FLAGS.gin_file)
     provenance = {"method": FLAGS.method, "level": FLAGS.sparsity, "gin_config": gin_config,
-                  "checkpoint": os.path.abspath(FLAGS.checkpoint)}
+                  "checkpoint": (os.path.abspath(FLAGS.checkpoint)
+                                 if _io.is_local(FLAGS.checkpoint) else FLAGS.checkpoint)}
     return export(model, FLAGS.output_dir, provenance=provenance, **options)
 
 

@@ -14,6 +14,7 @@
 import os
 from typing import Optional, Tuple
 
+from tf_lottery import _io
 from tf_lottery.lottery import results
 
 
@@ -25,7 +26,7 @@ def _imp_choice(run_dir: str, config: dict, level: Optional[int], kind: Optional
     levels, mode = int(config["levels"]), config["mode"]
     kinds = [mode, *config.get("controls", [])]
     finished = [i for i in range(levels)
-                if os.path.exists(os.path.join(run_dir, f"level_{i}", "metrics.json"))]
+                if _io.gfile.exists(os.path.join(run_dir, f"level_{i}", "metrics.json"))]
     if not finished:
         raise RunExportError(f"{run_dir} has no finished level yet; export after level 0 ends")
     level = finished[-1] if level is None else int(level)
@@ -53,40 +54,43 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
     from tf_lottery._keras import keras
 
     run_file = os.path.join(run_dir, "run.json")
-    if not os.path.isfile(run_file):
+    if not _io.gfile.exists(run_file):
         raise RunExportError(f"{run_dir} is not a tf-lottery run folder (no run.json); give "
                              "--run_dir the --output_dir of a run, or --checkpoint a saved model")
     config = results.read_json(run_file)
     gin_file = os.path.join(run_dir, "config.gin")
-    provenance = {"run_dir": os.path.abspath(run_dir), "gin_config": (
-        open(gin_file, encoding="utf-8").read() if os.path.exists(gin_file) else None)}
+    provenance = {"run_dir": os.path.abspath(run_dir) if _io.is_local(run_dir) else run_dir,
+                  "gin_config": (_io.read_bytes(gin_file).decode("utf-8")
+                                 if _io.gfile.exists(gin_file) else None)}
     if "levels" not in config:  # a sparse-training run
         if level is not None or kind is not None:
             raise RunExportError(f"{run_dir} is a training run with one model: drop --level "
                                  "and --kind")
         metrics_file = os.path.join(run_dir, "metrics.json")
-        if not os.path.exists(metrics_file):
+        if not _io.gfile.exists(metrics_file):
             raise RunExportError(f"{run_dir} is not finished (no metrics.json); run the same "
                                  "train command again to finish it, then export")
         metrics = results.read_json(metrics_file)
-        model = keras.models.load_model(os.path.join(run_dir, "model.h5"),
-                                        custom_objects=tfl.custom_objects(), compile=False)
+        with _io.local_copy(os.path.join(run_dir, "model.h5")) as h5:  # h5py: local files
+            model = keras.models.load_model(h5, custom_objects=tfl.custom_objects(),
+                                            compile=False)
         provenance.update(method=metrics.get("method"), level=metrics.get("sparsity", 0.0))
         return model, provenance
     level, kind, mode = _imp_choice(run_dir, config, level, kind)
     architecture = os.path.join(run_dir, "model.json")
-    if not os.path.exists(architecture):
+    if not _io.gfile.exists(architecture):
         raise RunExportError(f"{run_dir} has no model.json (the model could not be saved as "
                              "JSON); rebuild the model in Python and load "
                              f"level_{level}/weights.h5 into tfl.sparsify(model, 0.0)")
     weights = os.path.join(run_dir, f"level_{level}",
                            "weights.h5" if kind == mode else f"weights_{kind}.h5")
-    if not os.path.exists(weights):
+    if not _io.gfile.exists(weights):
         raise RunExportError(f"{weights} is missing (runs made by an older tf-lottery "
                              "kept only the main line's weights); train the run again")
-    with open(architecture, encoding="utf-8") as f:
-        model = keras.models.model_from_json(f.read(), custom_objects=tfl.custom_objects())
-    model.load_weights(weights)
+    model = keras.models.model_from_json(_io.read_bytes(architecture).decode("utf-8"),
+                                         custom_objects=tfl.custom_objects())
+    with _io.local_copy(weights) as h5:
+        model.load_weights(h5)
     metrics = results.read_json(os.path.join(run_dir, f"level_{level}", "metrics.json"))
     row = next((r for r in metrics["kinds"] if r["kind"] == kind), {})
     provenance.update(method=f"imp_{kind}", level=level, kind=kind,

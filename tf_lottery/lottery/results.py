@@ -13,7 +13,8 @@ Layout of ``output_dir``::
     level_<i>/metrics.json  one entry per kind trained at this level
     summary.json, summary.csv, accuracy_vs_remaining.png, tensorboard/
 
-Every file is written to a temporary name in its folder and renamed into place, so a
+``output_dir`` may be local or on any ``tf.io.gfile`` filesystem (``gs://...``). Every
+file is written to a temporary name in its folder and renamed into place, so a
 run killed at any moment leaves either the old file or the new one, never half of one.
 A level counts as finished when its ``metrics.json`` exists (it is written last).
 """
@@ -29,7 +30,7 @@ from typing import Dict, List, Mapping, Optional
 import gin
 import numpy as np
 
-from tf_lottery._io import atomic_write, move_aside, write_text
+from tf_lottery._io import atomic_write, gfile, is_local, move_aside, read_bytes, write_text
 
 log = logging.getLogger("tf_lottery")
 
@@ -43,8 +44,7 @@ def write_json(path: str, data) -> None:
 
 
 def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(read_bytes(path).decode("utf-8"))
 
 
 def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -66,7 +66,7 @@ def digest(arrays, max_bytes: Optional[int] = None) -> str:
 
 
 def read_arrays(path: str) -> Dict[str, np.ndarray]:
-    with np.load(path) as data:
+    with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -128,7 +128,7 @@ def _not_ours(entries) -> List[str]:
 
 def is_run_folder(path: str) -> bool:
     """Whether ``path`` is a folder tf-lottery wrote (it holds our marker file)."""
-    return os.path.isfile(os.path.join(path, MARKER))
+    return gfile.exists(os.path.join(path, MARKER))
 
 
 def _is_cwd_or_above(path: str) -> bool:
@@ -158,10 +158,11 @@ class RunDirectory:
         self.path = path
         self.config = json.loads(json.dumps(dict(config), default=_jsonable))
         run_file = os.path.join(path, "run.json")
-        entries = os.listdir(path) if os.path.isdir(path) else []
-        if os.path.exists(path) and not os.path.isdir(path):
+        entries = ([e.rstrip("/") for e in gfile.listdir(path)] if gfile.isdir(path)
+                   else [])
+        if gfile.exists(path) and not gfile.isdir(path):
             raise RunFolderError(f"{path} is a file, not a folder; choose a new output_dir")
-        previous = read_json(run_file) if os.path.exists(run_file) else None
+        previous = read_json(run_file) if gfile.exists(run_file) else None
         if previous == self.config and not is_run_folder(path):
             # this very run, started by a tf-lottery without markers: resume it
             write_text(os.path.join(path, MARKER), _MARKER_TEXT)
@@ -186,29 +187,33 @@ class RunDirectory:
                 raise RunFolderError(
                     f"{path} holds files tf-lottery did not write ({', '.join(foreign[:3])}); "
                     "move them out of the run folder first, or choose another output_dir")
+            if not is_local(path):
+                raise RunFolderError(
+                    f"{path} cannot be moved aside (object stores have no folder rename); "
+                    "choose another output_dir")
             if _is_cwd_or_above(path):
                 raise RunFolderError(
                     f"{path} is the current directory (or holds it): it cannot be moved "
                     "aside; choose another output_dir")
             moved = move_aside(path)
             log.warning("moved the previous run in %s aside to %s", path, moved)
-        os.makedirs(path, exist_ok=True)
+        gfile.makedirs(path)
         if not is_run_folder(path):
             write_text(os.path.join(path, MARKER), _MARKER_TEXT)
         write_json(run_file, self.config)
         config_gin = os.path.join(path, "config.gin")
         if gin.config_str().strip():
             write_text(config_gin, gin.config_str())
-        elif os.path.exists(config_gin):  # ours, from the failed start this run replaces
-            os.remove(config_gin)
-        if previous is not None and os.path.exists(os.path.join(path, "model.json")):
-            os.remove(os.path.join(path, "model.json"))  # ours: the new run writes its own
+        elif gfile.exists(config_gin):  # ours, from the failed start this run replaces
+            gfile.remove(config_gin)
+        if previous is not None and gfile.exists(os.path.join(path, "model.json")):
+            gfile.remove(os.path.join(path, "model.json"))  # ours: the new run writes its own
 
     def write_architecture(self, model) -> None:
         """``model.json``: the masked model's architecture (``model.to_json()``), for
         ``tf-lottery export``; written once."""
         path = self.file("model.json")
-        if os.path.exists(path):
+        if gfile.exists(path):
             return
         try:
             text = model.to_json()
@@ -226,7 +231,7 @@ class RunDirectory:
         return folder if name is None else os.path.join(folder, name)
 
     def finished(self, level: int) -> bool:
-        return os.path.exists(self.level(level, "metrics.json"))
+        return gfile.exists(self.level(level, "metrics.json"))
 
     def rows(self, levels: int) -> List[dict]:
         """Summary rows of the finished levels below ``levels``, in order."""
