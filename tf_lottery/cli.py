@@ -153,7 +153,7 @@ def _where_it_stopped(output_dir) -> str:
     if gfile.exists(os.path.join(output_dir, "metrics.json")):
         return f"the run in {output_dir} had finished"
     return (f"the last finished epoch is saved in {os.path.join(output_dir, 'backup')}"
-            if os.path.isdir(os.path.join(output_dir, "backup")) else
+            if gfile.isdir(os.path.join(output_dir, "backup")) else
             "the first epoch was in progress")
 
 
