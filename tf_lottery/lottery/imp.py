@@ -374,7 +374,7 @@ class IterativeMagnitudePruning:
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"optimizer_fn must return a tf_keras optimizer, got "
                             f"{type(optimizer).__name__}")
-        self._fractions(get_masks(model))
+        self._fractions(model)
 
     def run(self) -> List[dict]:
         """Runs (or resumes) every level; returns the summary rows (one per level and kind).
