@@ -101,7 +101,8 @@ def test_cli_stops_on_a_bad_config_before_training(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("binding, says", [
-    ("make_optimizer.name = 'adm'", "unknown optimizer 'adm'; use 'adam'"),
+    ("make_optimizer.name = 'adm'", "unknown optimizer 'adm'; use 'adam', 'adamw' or 'sgd' "
+                                    "(in gin configurable 'make_optimizer')"),
     ("sparse_training.sparsity = 1.5", "1.5"),
 ])
 def test_a_bad_value_leaves_no_folder_and_the_corrected_command_runs(

@@ -111,7 +111,12 @@ def one_line(error: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and set(ln) != {"^"}]
     text = " ".join(lines) or type(error).__name__
-    return re.sub(r" ?\(<(function|class) [^>]*>\)", "", text)
+    text = re.sub(r" ?\(<(function|class) [^>]*>\)", "", text)
+    calls = re.findall(r"In call to configurable '([^']+)'", text)
+    if calls:  # gin names every configurable on the way: the first one is where it failed
+        text = re.sub(r" ?In call to configurable '[^']+'", "", text).rstrip()
+        text += f" (in gin configurable '{calls[0]}')"
+    return text
 
 
 def _tracebacks_wanted() -> bool:
