@@ -193,6 +193,7 @@ class IterativeMagnitudePruning:
         self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._evaluator = (None if validation_data is None
                            else Evaluator(validation_data, self.loss))
+        self._test_evaluator = None
         self.metrics = list(metrics)
         self.epochs, self.batch_size = int(epochs), batch_size
         self.steps_per_epoch = steps_per_epoch or self._steps_per_epoch(train_data)
@@ -293,9 +294,11 @@ class IterativeMagnitudePruning:
         if best is not None:
             early_accuracy = accuracy
             if best is not history.curve[-1]:  # test the weights of the early-stopping point
+                if self._test_evaluator is None:
+                    self._test_evaluator = Evaluator(self.test_data, self.loss)
                 final = model.get_weights()
                 model.set_weights(history.best_weights)
-                early_accuracy, _ = self._test(model)
+                early_accuracy = self._test_evaluator(model)["accuracy"]
                 model.set_weights(final)
         eval_seconds = time.perf_counter() - t0
         masks = get_masks(model)
