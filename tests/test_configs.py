@@ -115,6 +115,14 @@ def test_config_runs_two_steps(path, tmp_path, clean_state):
         sparsity = gin.query_parameter("sparse_training.sparsity")
         if sparsity:
             assert result["sparsity"] == pytest.approx(sparsity, abs=0.01)
+        kept = training._bound("GradualMagnitudePruning.dense_layers", ())
+        if kept and "@GradualMagnitudePruning" in gin.config_str():
+            # the smoke schedule reaches the final sparsity at step 2: all but these prune
+            final = gin.query_parameter("PolynomialDecay.final_sparsity")
+            rows = {r["layer"]: r for r in result["layers"][:-1]}
+            assert all(rows[name]["nonzeros"] == rows[name]["params"] for name in kept)
+            pruned = [r for name, r in rows.items() if name not in kept]
+            assert all(r["sparsity"] == pytest.approx(final, abs=0.01) for r in pruned)
 
 
 # --------------------------------------------------------------------------- reference values

@@ -66,7 +66,8 @@ class Evaluator:
             t, c, n = fn(x, y)
             total, correct, count = total + float(t), correct + float(c), count + float(n)
         if not count:
-            raise ValueError("the validation data is empty")
+            raise ValueError("the validation data is empty: hold out a non-empty part of the "
+                             "training data (e.g. data.validation_split = 'train[90%:]')")
         return {"loss": total / count, "accuracy": correct / count}
 
 
