@@ -148,9 +148,10 @@ _VGG19 = dict(_SGD_FC, model="vgg19", boundaries=(56240, 84360), iterations=112_
                                  "models/cifar_vgg.py default_hparams")
 _LMC = dict(optimizer="SGD", momentum=0.9, nesterov=False, decay=0.1, dropout=(),
             weight_decay=1e-4, lr=0.1, warmup=0, boundaries=(31280, 46920),
-            iterations=62_560, validation=None,
+            iterations=62_560, validation=None, bn_init="uniform",
+            kernel_init=("VarianceScaling", 2.0, "fan_in", "untruncated_normal"),
             source="Frankle et al. 2020 Table 1; open_lth default_hparams 160ep, "
-                   "80ep/120ep, 391 it/epoch")
+                   "80ep/120ep, 391 it/epoch, kaiming_normal, batchnorm_init uniform")
 _WRN = dict(model="wrn_22_2", optimizer="SGD", momentum=0.9, nesterov=True, lr=0.1,
             warmup=0, boundaries=(30000, 60000, 90000), decay=0.2, weight_decay=5e-4,
             dropout=(0.3,) * 9, dense=("conv1",), preprocessing=("reflect", "per_image"),
@@ -267,6 +268,19 @@ def test_config_settings_match_the_references(path, clean_state):
     assert rates == ref["dropout"]
     assert all(layer.max_value is None for layer in model.layers
                if isinstance(layer, keras.layers.ReLU))
+    if "kernel_init" in ref:
+        init = model.get_layer("conv1").kernel_initializer
+        config = init.get_config()
+        assert (type(init).__name__, config["scale"], config["mode"],
+                config["distribution"]) == ref["kernel_init"]
+    gammas = {type(layer.gamma_initializer).__name__ for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization)}
+    if ref.get("bn_init") == "uniform":
+        assert gammas == {"RandomUniform"}
+        assert {(l.gamma_initializer.minval, l.gamma_initializer.maxval) for l in model.layers
+                if isinstance(l, keras.layers.BatchNormalization)} == {(0.0, 1.0)}
+    else:
+        assert "RandomUniform" not in gammas
 
     optimizer = training.make_optimizer()
     assert type(optimizer).__name__ == ref["optimizer"]

@@ -20,6 +20,9 @@ Options shared by the builders:
     it, so theta_0 is the same in every build. None draws fresh values.
   kernel_initializer: Keras initializer identifier for Conv2D/Dense/Depthwise kernels.
   bn_momentum: BatchNormalization moving-average momentum (0.9, as PyTorch's 0.1).
+  bn_init: initial BatchNormalization scale (ResNet-20, VGG): ``"ones"``, or
+    ``"uniform"``, drawn from U(0, 1) as open_lth's ``batchnorm_init='uniform'``
+    (``models/bn_initializers.py``) for the networks of Frankle et al. 2020.
 """
 from typing import Callable, Dict, Optional, Sequence
 
@@ -38,12 +41,15 @@ class _Layers:
 
     def __init__(self, kernel_initializer="he_normal", weight_decay: float = 0.0,
                  seed: Optional[int] = None, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5):
+                 bn_epsilon: float = 1e-5, bn_init: str = "ones"):
         self._initializer = kernel_initializer
         self._regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
         self._seed = seed
         self._count = 0
         self._bn = dict(momentum=bn_momentum, epsilon=bn_epsilon)
+        if bn_init not in ("ones", "uniform"):
+            raise ValueError(f"bn_init must be 'ones' or 'uniform', got {bn_init!r}")
+        self._bn_init = bn_init
 
     def _next_seed(self) -> Optional[int]:
         if self._seed is None:
@@ -89,8 +95,11 @@ class _Layers:
 
     def bn(self, x, name: str, zero_gamma: bool = False):
         """BatchNormalization; ``zero_gamma`` starts its scale at 0 (residual branch ends)."""
+        gamma = "zeros" if zero_gamma else "ones"
+        if not zero_gamma and self._bn_init == "uniform":
+            gamma = keras.initializers.RandomUniform(0.0, 1.0, seed=self._next_seed())
         return keras.layers.BatchNormalization(
-            gamma_initializer="zeros" if zero_gamma else "ones", name=name, **self._bn)(x)
+            gamma_initializer=gamma, name=name, **self._bn)(x)
 
     def dropout(self, x, rate: float, name: str):
         if not rate:
@@ -179,7 +188,7 @@ def _basic_block(layers: _Layers, x, filters: int, strides: int, name: str, zero
 @gin.configurable
 def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
              kernel_initializer="he_normal", bn_momentum=0.9,
-             zero_init_residual=False) -> keras.Model:
+             zero_init_residual=False, bn_init="ones") -> keras.Model:
     """CIFAR ResNet-20 (He et al. 2016; Frankle & Carbin's "Resnet-18", whose table says 271K).
 
     272,474 trainable parameters on CIFAR-10, as open_lth's ``cifar_resnet_20``
@@ -189,7 +198,7 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=Non
     start of stages 2 and 3, 1x1 projection shortcuts), global average pool, logits.
     ``zero_init_residual`` starts each block's last BN scale at 0.
     """
-    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
+    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
     inputs = keras.Input(input_shape, name="image")
     x = _relu(layers.bn(layers.conv(inputs, 16, 3, "conv1"), "bn1"), "relu1")
     for stage, filters in enumerate((16, 32, 64), start=1):
@@ -208,10 +217,10 @@ _VGG = {
 
 
 def _vgg(depth: int, input_shape, num_classes, weight_decay, seed, kernel_initializer,
-         bn_momentum, use_bias: bool) -> keras.Model:
+         bn_momentum, use_bias: bool, bn_init: str) -> keras.Model:
     """CIFAR VGG: 3x3 convs (conv-BN-ReLU) in ``_VGG[depth]`` (M: 2x2 max pool), global
     average pool, one Dense(num_classes)."""
-    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
+    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
     inputs = keras.Input(input_shape, name="image")
     x, conv, pool = inputs, 0, 0
     for width in _VGG[depth]:
@@ -227,7 +236,8 @@ def _vgg(depth: int, input_shape, num_classes, weight_decay, seed, kernel_initia
 
 @gin.configurable
 def vgg16(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
-          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=True) -> keras.Model:
+          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=True,
+          bn_init="ones") -> keras.Model:
     """VGG-16 for CIFAR as open_lth's ``cifar_vgg_16`` (``models/cifar_vgg.py``), the
     VGG-16 of Frankle et al. 2020: 13 convs 64,64,M,128,128,M,256x3,M,512x3,M,512x3
     (with bias, as open_lth's ``nn.Conv2d``), global average pool, one Dense.
@@ -235,12 +245,13 @@ def vgg16(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
     14,728,266 trainable parameters on CIFAR-10 (14.7M).
     """
     return _vgg(16, input_shape, num_classes, weight_decay, seed, kernel_initializer,
-                bn_momentum, use_bias)
+                bn_momentum, use_bias, bn_init)
 
 
 @gin.configurable
 def vgg19(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
-          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=False) -> keras.Model:
+          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=False,
+          bn_init="ones") -> keras.Model:
     """VGG-19 for CIFAR as in Liu et al. 2019 (~20.0M parameters on CIFAR-10).
 
     16 3x3 convs (conv-BN-ReLU, no bias) in the configuration
@@ -248,7 +259,7 @@ def vgg19(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
     one Dense(num_classes).
     """
     return _vgg(19, input_shape, num_classes, weight_decay, seed, kernel_initializer,
-                bn_momentum, use_bias)
+                bn_momentum, use_bias, bn_init)
 
 
 def _wide_block(layers: _Layers, x, filters: int, strides: int, name: str, dropout: float):
