@@ -1,4 +1,10 @@
-"""Every gin config in gin_configs/ parses and runs its smoke version in-process.
+"""Every gin config in gin_configs/ follows its references and runs its smoke version.
+
+``REFERENCES`` holds, per config, the settings that matter as the reference code and
+papers give them (model, optimizer, learning-rate schedule and warmup, weight decay,
+dropout, dense layers, rewind step, validation split and rate, preprocessing); a test
+builds each config's model and optimizer through gin and compares. Each config's
+comment block (with its includes) must name the paper row and the reference file.
 
 One pytest process runs them all through ``tf_lottery.training.train.train`` with
 ``train.max_steps = 2`` (IMP: 2 levels of 2 iterations; sparse training: 2 steps and
