@@ -27,8 +27,9 @@ import numpy as np
 
 from tf_lottery._io import atomic_write, gfile, read_bytes, write_text
 
-SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
-                "early_stop_iteration", "iterations", "fit_seconds", "wall_seconds")
+SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration",
+                "early_stop_test_accuracy", "early_stop_val_loss", "best_val_accuracy",
+                "iterations", "fit_seconds", "wall_seconds")
 
 
 def write_json(path: str, data) -> None:
@@ -153,5 +154,10 @@ class RunDirectory:
         return rows
 
     def write_summary(self, rows: List[Mapping]) -> None:
-        write_json(self.file("summary.json"), {"config": self.config, "rows": list(rows)})
+        summary = {"config": self.config}
+        if "validation_note" in self.config:
+            summary["validation"] = {"data": self.config["validation_note"],
+                                     "eval_every": self.config.get("eval_every")}
+        summary["rows"] = list(rows)
+        write_json(self.file("summary.json"), summary)
         write_csv(self.file("summary.csv"), list(rows))
