@@ -56,6 +56,7 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
     ``variables`` and ``build`` are the wrapped optimizer's.
     """
 
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
     def __init__(self, optimizer, model, method: MaskUpdateCallback):
         if isinstance(optimizer, SparseOptimizer):
             raise ValueError("optimizer is already a SparseOptimizer; wrap the plain optimizer "
