@@ -237,9 +237,14 @@ def test_set_masks_zeroes_weights_and_call_uses_the_mask():
         loss = tf.reduce_sum(layer(x) * np.arange(12, dtype="float32").reshape(4, 3))
     grad = tape.gradient(loss, layer.layer.kernel).numpy()
     np.testing.assert_array_equal(grad, np.arange(12).reshape(4, 3) * mask)
-    # a write behind the wrapper's back is visible until apply_masks re-zeroes it
+    # a write behind the wrapper's back never reaches the output; the next training-mode
+    # call (or apply_masks) re-zeroes the raw variable
     layer.layer.kernel.assign(np.ones((4, 3)))
-    np.testing.assert_array_equal(layer(x).numpy(), np.ones((4, 3)))   # bias is 0
+    np.testing.assert_array_equal(layer(x).numpy(), mask)   # bias is 0
+    np.testing.assert_array_equal(layer.layer.kernel.numpy(), np.ones((4, 3)))
+    np.testing.assert_array_equal(layer(x, training=True).numpy(), mask)
+    np.testing.assert_array_equal(layer.layer.kernel.numpy(), mask)
+    layer.layer.kernel.assign(np.ones((4, 3)))
     layer.apply_masks()
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), mask)
     np.testing.assert_array_equal(layer(x).numpy(), mask)

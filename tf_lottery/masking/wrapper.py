@@ -7,16 +7,26 @@ it. Unlike tfmot's wrapper it has no schedule, threshold or step counter: it hol
 one 0/1 mask variable per prunable weight, and the masks change only when
 tf-lottery sets them (sparsify, IMP pruning, RigL updates).
 
-Invariant: every masked entry of a weight variable is exactly 0. Setting masks
-(and ``set_weights``, rewinding, RigL updates, ``strip``) writes ``weight * mask``
-once; in between, the forward pass reads the weight through an identity whose
-gradient is ``upstream * mask``, so the loss gradient of a masked entry is exactly 0
-and a gradient-based optimizer (SGD with momentum, Adam, L2 regularisers, decoupled
-weight decay, loss scaling) leaves the zero where it is without any per-step write.
-Masking the gradient rather than the forward weight saves one elementwise pass per
-kernel and step (measured in ``benchmarks/step_overhead.py``). Weights written behind
-the wrapper's back (``model.load_weights`` of a dense checkpoint, ``kernel.assign``)
-are re-zeroed by ``tfl.apply_masks(model)``.
+Invariant ("masks are law"): every masked entry is exactly 0 wherever a user looks.
+
+- The forward pass computes with ``weight * mask``, so predictions are right even
+  right after a write from outside tf-lottery (``load_weights`` of a dense checkpoint,
+  ``Checkpoint.restore``, ``kernel.assign``), and the loss gradient of a masked entry is
+  exactly 0.
+- A training-mode forward pass also writes ``weight * mask`` back into the variable
+  (one assignment per masked weight and step, before the optimizer runs), so such a
+  write is undone by the next training step at the latest (under a multi-replica
+  ``tf.distribute`` strategy: by the next tf-lottery call or mask update).
+- Every mask change goes through ``tf_lottery.masking.state`` / ``update.assign_mask``,
+  which also reset the optimizer state (momentum, moments, accumulators, EMA copies) of
+  the entries turned off or on. With zero gradient and zero state, no optimizer (SGD,
+  Adam, AdamW, Adagrad, RMSprop, Ftrl, Lion, L2 regularisers, constraints, EMA, loss
+  scaling) moves a masked entry away from 0.
+
+Dense gradients for RigL: inside ``unmasked_forward()`` (trace time), or at run time
+while a gate set with ``set_gradient_gate`` is True, the backward pass gives the dense
+gradient dL/d(weight * mask) for the masked weights instead of ``upstream * mask``. The
+caller must then mask the gradient itself before an optimizer sees it.
 """
 import contextlib
 import inspect
@@ -29,12 +39,45 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
     PruneLowMagnitude as _PruneLowMagnitude)
 
 
-@tf.custom_gradient
-def _masked_gradient(value, mask):
-    """The weight as it is (masked entries are already 0), with gradient ``upstream * mask``."""
-    def grad(upstream):
-        return upstream * mask, None
-    return tf.identity(value), grad
+def _masked(value, mask, gate=None, dense: bool = False):
+    """``value * mask`` whose gradient is ``upstream * mask``, or the dense ``upstream``
+    when ``dense`` (trace time) or the scalar bool tensor ``gate`` (run time) is True."""
+    if not dense and gate is None:
+        return value * mask
+
+    @tf.custom_gradient
+    def masked(v):
+        def grad(upstream):
+            if dense:
+                return upstream
+            return tf.cond(gate, lambda: upstream, lambda: upstream * mask)
+        return v * mask, grad
+    return masked(value)
+
+
+def _float32_variable(weight):
+    """The variable that holds ``weight``'s own (float32 under mixed precision) values.
+
+    tf_keras' ``AutoCastVariable`` reads as float16 inside a layer's call and has no
+    public accessor for the float32 variable it wraps; writing ``weight * mask`` back
+    must not round the master weights to float16, so the wrapped ``_variable`` is used.
+    """
+    return getattr(weight, "_variable", weight)
+
+
+def _write_back(pairs) -> None:
+    """Assigns ``(variable, value)`` pairs where a layer's call can.
+
+    In a replica context of a multi-replica ``tf.distribute`` strategy a mirrored
+    variable can be written only through ``merge_call``, which is not allowed inside the
+    control flow that training steps may put around the forward pass; there the write is
+    skipped, and the next tf-lottery call or mask update re-zeroes the variables.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        return
+    for variable, value in pairs:
+        variable.assign(value)
 
 
 class _State:
@@ -130,6 +173,7 @@ class MaskedLayer(_PruneLowMagnitude):
         self.masked_weights: List[Tuple[tf.Variable, tf.Variable]] = []
         self._owners: List[Tuple[object, str]] = []
         self._call_takes_training = None
+        self._gradient_gate = None
 
     def build(self, input_shape):
         keras.layers.Wrapper.build(self, input_shape)
@@ -156,18 +200,38 @@ class MaskedLayer(_PruneLowMagnitude):
             self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
         if self._call_takes_training:
             kwargs["training"] = training
-        if _State.unmasked:
-            return self.layer.call(inputs, **kwargs)
-        originals = []
+        originals, write_back = [], []
+        train = training is True or (training is None and keras.backend.learning_phase() == 1)
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self.masked_weights):
                 value = tf.convert_to_tensor(weight)
+                masked = _masked(value, tf.cast(mask, value.dtype), self._gradient_gate,
+                                 _State.unmasked)
+                if train:
+                    master = _float32_variable(weight)
+                    if master.dtype == masked.dtype:
+                        write_back.append((master, masked))
+                    else:
+                        write_back.append(
+                            (master, tf.convert_to_tensor(master) * tf.cast(mask, master.dtype)))
                 originals.append((owner, attr, getattr(owner, attr)))
-                object.__setattr__(owner, attr, _masked_gradient(value, tf.cast(mask, value.dtype)))
+                object.__setattr__(owner, attr, masked)
+            _write_back(write_back)
             return self.layer.call(inputs, **kwargs)
         finally:
             for owner, attr, original in originals:
                 object.__setattr__(owner, attr, original)
+
+    def set_gradient_gate(self, gate) -> None:
+        """Lets a scalar bool variable switch on dense gradients at run time.
+
+        While ``gate`` is True, the backward pass gives the dense gradient
+        dL/d(weight * mask) for this layer's masked weights (RigL's grow criterion);
+        otherwise ``upstream * mask``. Set it before the training function is traced;
+        ``None`` removes it. Whoever sets a gate must mask the gradients before an
+        optimizer applies them.
+        """
+        self._gradient_gate = gate
 
     @property
     def weight_names(self) -> List[str]:
