@@ -156,11 +156,13 @@ def test_same_masks_in_every_loop(name):
     _assert_same_masks(tfl.get_masks(net), want, initial)
 
 
-def test_adam_slots_of_changed_entries_reset_in_a_custom_loop():
+def test_adam_slots_reset_and_checkpoint_in_a_custom_loop(tmp_path):
     model = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
+    weights = len(model.get_weights())
     inner = keras.optimizers.Adam(0.01)
     method = tfl.RigL(delta_t=STEPS, end_step=STEPS, alpha=0.5, decay="constant")
     opt = tfl.SparseOptimizer(inner, model, method)
+    assert len(model.get_weights()) == weights  # the gradient gate is not a model weight
     before = tfl.get_masks(model)
     _custom_loop(model, opt, use_function=True, check_zeros=False)
     after = tfl.get_masks(model)
@@ -177,6 +179,15 @@ def test_adam_slots_of_changed_entries_reset_in_a_custom_loop():
                 assert np.all(slot.numpy()[after[key] == 0] == 0)
     assert changed > 0
     assert int(opt.iterations.numpy()) == STEPS
+    # a checkpoint holds the wrapped optimizer's variables: a plain Adam restores it
+    path = tf.train.Checkpoint(optimizer=opt, model=model).save(str(tmp_path / "ckpt"))
+    model2 = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
+    plain = keras.optimizers.Adam(0.01)
+    plain.build(model2.trainable_variables)
+    tf.train.Checkpoint(optimizer=plain, model=model2).restore(path).assert_consumed()
+    assert int(plain.iterations.numpy()) == STEPS
+    for a, b in zip(plain.variables, inner.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_errors_point_to_the_fix():

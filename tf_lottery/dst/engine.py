@@ -50,8 +50,15 @@ from tf_lottery.dst import updaters
 from tf_lottery.masking import update as update_lib
 from tf_lottery.masking.api import masked_layers
 from tf_lottery.masking.state import _check_optimizer_type, _is_new, optimizer_slots
+from tf_lottery.masking.wrapper import MaskedLayer
 
 __all__ = ["MaskUpdateEngine"]
+
+
+# Stores the gate on the layer without Keras tracking it: a tf.Variable assigned to a layer
+# attribute would otherwise become a weight of the model (get_weights, checkpoints).
+_set_gate = tf.__internal__.tracking.no_automatic_dependency_tracking(
+    MaskedLayer.set_gradient_gate)
 
 
 class _Unit:
@@ -146,7 +153,7 @@ class MaskUpdateEngine:
                 u.slots, u.fills = slots[id(u.weight)]
         self.optimizer = optimizer
         for layer in layers:
-            layer.set_gradient_gate(self.gate)
+            _set_gate(layer, self.gate)
         if self.gate is not None:
             step = tf.cast(optimizer.iterations, tf.int64) + 1
             self.gate.assign(self._dense_at(step))
@@ -155,7 +162,7 @@ class MaskUpdateEngine:
         """Removes the gradient gate from the model's layers (masked gradients again)."""
         if self.model is not None and self.gate is not None:
             for layer in masked_layers(self.model):
-                layer.set_gradient_gate(None)
+                _set_gate(layer, None)
 
     def _create_variables(self, strategy):
         n = len(self.units)

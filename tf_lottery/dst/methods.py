@@ -68,10 +68,14 @@ class RigL(_DropGrowCallback):
     ``f(t)`` fraction of active weights with the smallest magnitude in every masked weight
     and grow as many where the dense gradient of the loss on the current batch is largest.
 
+    A ``model.fit`` callback; in any other loop, the ``method`` of ``tfl.SparseOptimizer``
+    (as are ``SET``, ``SNFS``, ``StaticSparse`` and ``GradualMagnitudePruning``).
+
     Args:
       delta_t: steps between mask updates (>= 1; 100 in the paper).
       end_step: last step that may update masks; default 75% of the training steps
-        (``epochs * steps_per_epoch`` of the fit call, or ``total_steps``).
+        (``epochs * steps_per_epoch`` of the fit call, or ``total_steps``; with
+        ``tfl.SparseOptimizer`` there is no fit call: give ``end_step`` or ``total_steps``).
       alpha: initial drop fraction, in (0, 1] (0.3).
       decay: ``"cosine"`` (default), ``"linear"``, ``"constant"`` or a callable
         ``f(step, alpha, end_step)``; see ``tf_lottery.dst.schedules``.

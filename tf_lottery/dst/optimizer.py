@@ -68,6 +68,9 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
         if method.engine.model is not None:
             raise ValueError(f"this {type(method).__name__} object already updates a model; "
                              "create one method object per SparseOptimizer")
+        if model.dtype_policy.name == "mixed_float16":
+            raise ValueError("SparseOptimizer does not support mixed_float16 yet (Keras would "
+                             "wrap it in a LossScaleOptimizer); train in float32")
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once on a batch "
                              "(or build it) before wrapping its optimizer")
