@@ -226,9 +226,10 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         if plain or not units:
             raise TypeError(
                 f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild, "
-                f"and its prunable layers {plain} are not wrapped; wrap them yourself inside "
-                "the model (self.fc = tfl.MaskedLayer(keras.layers.Dense(...))), build it, "
-                "then call tfl.sparsify on it to draw the masks in place")
+                f"and its prunable layers {plain} are not wrapped; use the Sequential or "
+                "functional API, or wrap them yourself inside the model (self.fc = "
+                "tfl.MaskedLayer(keras.layers.Dense(...))), build it, then call tfl.sparsify "
+                "on it to draw the masks in place")
     elif any(isinstance(u.layer, MaskedLayer) for u in units):
         raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
                          "tfl.set_masks, or tfl.strip it first")
