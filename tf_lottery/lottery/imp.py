@@ -31,7 +31,7 @@ from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import get_masks, get_weights, set_masks, sparsify
+from tf_lottery.masking.api import apply_masks, get_masks, get_weights, set_masks, sparsify
 
 log = logging.getLogger("tf_lottery")
 
@@ -101,29 +101,40 @@ def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     return dict(zip(keys, values))
 
 
-_INITIALISED = (("kernel", "kernel_initializer"), ("bias", "bias_initializer"),
-                ("depthwise_kernel", "depthwise_initializer"),
-                ("pointwise_kernel", "pointwise_initializer"),
-                ("embeddings", "embeddings_initializer"))
+def _initialised_weights(layer):
+    """``(variable, initializer)`` of every weight ``layer`` draws from an initializer:
+    an ``<x>_initializer`` attribute names the weight ``<x>``, ``<x>_kernel`` (recurrent,
+    depthwise, pointwise) or ``<x>s`` (embeddings)."""
+    for attr, initializer in list(vars(layer).items()):
+        if not attr.endswith("_initializer") or initializer is None:
+            continue
+        base = attr[:-len("_initializer")].lstrip("_")
+        for name in (base, base + "_kernel", base + "s"):
+            variable = getattr(layer, name, None)
+            if isinstance(variable, tf.Variable):
+                if name == "bias" and getattr(layer, "unit_forget_bias", False):
+                    break  # drawn by a function the cell builds itself; fixed, not random
+                yield variable, keras.initializers.get(initializer)
+                break
 
 
 def reinitialise(model, seed: int) -> None:
     """Draws every initialised weight of ``model`` afresh from its layer's initializer.
 
-    Seeded initializers get ``seed`` plus the layer's position, so the draw differs from
-    the model's own initialisation even when ``model_fn`` pins a seed.
+    Covers kernels, recurrent kernels, depthwise / pointwise kernels, embeddings, biases
+    and normalisation parameters. Seeded initializers get ``seed`` plus the layer's
+    position, so the draw differs from the model's own initialisation even when
+    ``model_fn`` pins a seed. Masked entries stay 0.
     """
     layers = [sub for layer in model.layers for sub in layer._flatten_layers()]
     for index, layer in enumerate(layers):
-        for attr, init_attr in _INITIALISED:
-            variable, initializer = getattr(layer, attr, None), getattr(layer, init_attr, None)
-            if not isinstance(variable, tf.Variable) or initializer is None:
-                continue
+        for variable, initializer in _initialised_weights(layer):
             config = initializer.get_config()
             if "seed" in config:
                 config["seed"] = seed * 1009 + index
             fresh = type(initializer).from_config(config)
             variable.assign(fresh(variable.shape, getattr(variable, "true_dtype", variable.dtype)))
+    apply_masks(model)
 
 
 def remaining(masks: Mapping[str, np.ndarray]) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tf_lottery._keras import keras
 from tf_lottery.masking.api import masked_layers
+from tf_lottery.masking.state import reset_optimizer
 
 Step = Union[int, str]
 
@@ -55,8 +56,9 @@ def rewind(model, values: Dict[str, np.ndarray], optimizer=None, iteration: int 
     Args:
       model: the model the snapshot was taken from (or one built by the same code).
       values: a dict from ``snapshot``.
-      optimizer: if given, its slot variables are zeroed and its iteration counter set to
-        ``iteration``.
+      optimizer: if given, it is reset to a fresh optimizer's state (slots at their initial
+        values, EMA copies equal to the rewound weights) at iteration ``iteration``.
+        Without it the live optimizer keeps its state; masked entries stay 0 either way.
       iteration: the iteration the snapshot was taken at.
     """
     variables = _state_variables(model)
@@ -71,14 +73,7 @@ def rewind(model, values: Dict[str, np.ndarray], optimizer=None, iteration: int 
     for layer in masked_layers(model):
         layer.apply_masks()
     if optimizer is not None:
-        reset_optimizer(optimizer, iteration)
-
-
-def reset_optimizer(optimizer, iteration: int = 0) -> None:
-    """Zeroes every optimizer variable (momentum, moments, ...) and sets its iteration."""
-    for variable in optimizer.variables():
-        variable.assign(np.zeros(variable.shape, variable.dtype.as_numpy_dtype))
-    optimizer.iterations.assign(iteration)
+        reset_optimizer(optimizer, iteration, model.trainable_variables)
 
 
 @gin.configurable

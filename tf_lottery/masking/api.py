@@ -12,6 +12,7 @@ import numpy as np
 from tf_lottery._keras import keras, tfmot
 from tf_lottery.masking import distributions, selection
 from tf_lottery.masking.wrapper import MaskedLayer, _short_name
+from tf_lottery.masking.state import live_optimizers
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
     PruneRegistry as _PruneRegistry)
 
@@ -289,13 +290,20 @@ def get_masks(model) -> Dict[str, np.ndarray]:
     return {u.key: u.mask.numpy() for u in _masked_units(model)}
 
 
-def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
-    """Sets masks by weight key and zeroes the masked weights; keys must all exist."""
+def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
+    """Sets masks by weight key; keys must all exist.
+
+    Entries turned off become exactly 0 in the weights and in the state of the model's
+    compiled optimizer and of ``optimizer`` (one or a list, e.g. a custom loop's): its
+    slots get their initial values and EMA copies 0, so no optimizer moves them again.
+    Entries turned on start at 0 with fresh optimizer state.
+    """
     units = _masked_units(model)
     known = {u.key for u in units}
     unknown = sorted(set(masks) - known)
     if unknown:
         raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    optimizers = live_optimizers(model, optimizer)
     updates = []
     for layer in masked_layers(model):
         keys = [u.key for u in units if u.layer is layer]
@@ -305,7 +313,7 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
     for layer, values in updates:  # check every layer's masks before changing any
         layer._check_masks(values)
     for layer, values in updates:
-        layer.set_masks(values)
+        layer.set_masks(values, optimizers)
 
 
 def apply_masks(model) -> None:

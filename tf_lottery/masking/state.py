@@ -7,7 +7,8 @@ from 0. This module maps a weight variable to that state for tf_keras optimizers
 """
 from tf_lottery._keras import keras, tf
 
-__all__ = ["build_optimizer", "optimizer_slots"]
+__all__ = ["build_optimizer", "live_optimizers", "optimizer_slots", "reset_entries",
+           "reset_optimizer", "slots_of"]
 
 
 def _is_legacy(optimizer) -> bool:
@@ -42,9 +43,12 @@ def build_optimizer(model) -> None:
             optimizer._create_all_weights(model.trainable_variables)
 
 
-def _new_optimizer_slots(optimizer, variables):
-    index = optimizer._index_dict
-    n = len(index)
+def _slot_lists(optimizer):
+    """``name -> list of slot variables`` of a built tf_keras 2.11+ optimizer, and
+    ``name -> reset value``; each list is indexed like ``optimizer._index_dict``."""
+    # tf_keras 2.11+ optimizers have no public slot map (no get_slot_names / get_slot):
+    # their per-weight state is lists of variables indexed by _index_dict[_var_key(var)].
+    n = len(optimizer._index_dict)
     lists = {}
     for name, value in vars(optimizer).items():
         if name == "_variables" or not isinstance(value, (list, tuple)) or len(value) != n:
@@ -63,6 +67,12 @@ def _new_optimizer_slots(optimizer, variables):
     fills = {name: 0.0 for name in lists}
     if isinstance(optimizer, (keras.optimizers.Adagrad, keras.optimizers.Ftrl)):
         fills["_accumulators"] = float(optimizer.initial_accumulator_value)
+    return lists, fills
+
+
+def _new_optimizer_slots(optimizer, variables):
+    index = optimizer._index_dict
+    lists, fills = _slot_lists(optimizer)
     out = {}
     for var in variables:
         key = optimizer._var_key(var)
@@ -116,3 +126,113 @@ def optimizer_slots(optimizer, variables):
     if _is_new(optimizer):
         return _new_optimizer_slots(optimizer, variables)
     return _legacy_optimizer_slots(optimizer, variables)
+
+
+def _unwrap(optimizer):
+    """The optimizer that holds the slots (a ``LossScaleOptimizer``'s inner optimizer)."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def _tracks(optimizer, variable) -> bool:
+    """Whether ``optimizer`` already holds state for ``variable`` (built and tracking it)."""
+    if _is_new(optimizer):
+        # no public "is this weight tracked" query on tf_keras 2.11+ optimizers
+        return bool(getattr(optimizer, "_built", False)) and \
+            optimizer._var_key(variable) in optimizer._index_dict
+    if _is_legacy(optimizer):
+        names = optimizer.get_slot_names()
+        if not names:
+            return False
+        try:
+            optimizer.get_slot(variable, names[0])
+        except KeyError:
+            return False
+        return True
+    return False
+
+
+def live_optimizers(model=None, optimizers=()) -> list:
+    """The optimizers whose state belongs to ``model``'s weights: ``optimizers`` (one, a
+    list, or None) and the model's compiled optimizer; loss scaling unwrapped; each once."""
+    if optimizers is None:
+        optimizers = ()
+    elif not isinstance(optimizers, (list, tuple)):
+        optimizers = (optimizers,)
+    out, seen = [], set()
+    for optimizer in list(optimizers) + [getattr(model, "optimizer", None)]:
+        if optimizer is None:
+            continue
+        optimizer = _unwrap(optimizer)
+        if id(optimizer) in seen:
+            continue
+        if not (_is_new(optimizer) or _is_legacy(optimizer)):
+            raise ValueError(
+                f"optimizer {type(optimizer).__name__} is not a tf_keras optimizer, so "
+                "tf-lottery cannot reset its per-weight state when masks change; use "
+                "keras.optimizers.* (tf_keras)")
+        seen.add(id(optimizer))
+        out.append(optimizer)
+    return out
+
+
+def slots_of(optimizers, variable):
+    """``(slot variables, reset values)`` of ``variable`` in every optimizer tracking it."""
+    slots, fills = [], []
+    for optimizer in optimizers:
+        if _tracks(optimizer, variable):
+            found, values = optimizer_slots(optimizer, [variable])[id(variable)]
+            slots.extend(found)
+            fills.extend(values)
+    return slots, fills
+
+
+def _ema_copies(optimizer) -> set:
+    """ids of the EMA copies of a ``use_ema=True`` optimizer."""
+    if _is_new(optimizer) and getattr(optimizer, "use_ema", False):
+        # no public accessor: tf_keras keeps them in this list, indexed like the slots
+        return {id(v) for v in getattr(optimizer, "_model_variables_moving_average", [])}
+    return set()
+
+
+def reset_optimizer(optimizer, iteration: int = 0, variables=None) -> None:
+    """Gives ``optimizer`` the state a fresh one would have, at iteration ``iteration``.
+
+    Every slot gets its real initial value (0, or Adagrad's / Ftrl's
+    ``initial_accumulator_value``), and each EMA copy the current value of its weight
+    (as ``build`` does), so call it once the weights are in place (after rewinding).
+
+    Args:
+      optimizer: a tf_keras optimizer (loss scaling is unwrapped).
+      iteration: the value of ``optimizer.iterations`` afterwards.
+      variables: the weights (e.g. ``model.trainable_variables``). Without them, EMA copies
+        cannot be matched to their weights and are left as they are; slots are reset.
+    """
+    optimizer = _unwrap(optimizer)
+    ema = _ema_copies(optimizer)
+    done = set()
+    for variable in variables or ():
+        if not _tracks(optimizer, variable):
+            continue
+        slots, fills = optimizer_slots(optimizer, [variable])[id(variable)]
+        for slot, fill in zip(slots, fills):
+            value = variable if id(slot) in ema else tf.fill(tf.shape(slot), fill)
+            slot.assign(tf.cast(tf.convert_to_tensor(value), slot.dtype))
+            done.add(id(slot))
+    if _is_new(optimizer) and getattr(optimizer, "_built", False):
+        lists, fills = _slot_lists(optimizer)
+        for name, slots in lists.items():
+            for slot in slots:
+                if id(slot) not in done and id(slot) not in ema:
+                    slot.assign(tf.fill(tf.shape(slot), tf.cast(fills[name], slot.dtype)))
+    elif _is_legacy(optimizer):
+        fill = {}
+        if isinstance(optimizer, (keras.optimizers.legacy.Adagrad, keras.optimizers.legacy.Ftrl)):
+            fill["accumulator"] = float(getattr(optimizer, "_initial_accumulator_value", 0.0))
+        for variable in optimizer.variables():
+            name = variable.name.split(":")[0].split("/")[-1]
+            if id(variable) not in done and variable is not optimizer.iterations:
+                variable.assign(tf.fill(tf.shape(variable), tf.cast(fill.get(name, 0.0),
+                                                                   variable.dtype)))
+    optimizer.iterations.assign(iteration)

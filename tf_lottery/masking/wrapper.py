@@ -35,6 +35,7 @@ from typing import List, Tuple
 import numpy as np
 
 from tf_lottery._keras import keras, tf
+from tf_lottery.masking import state, update
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude as _PruneLowMagnitude)
 
@@ -242,12 +243,18 @@ class MaskedLayer(_PruneLowMagnitude):
         """The masks as numpy arrays, in ``masked_weights`` order."""
         return [np.asarray(m.numpy()) for _, m in self.masked_weights]
 
-    def set_masks(self, masks) -> None:
-        """Sets every mask (0/1 arrays shaped like the weights) and zeroes the masked weights."""
+    def set_masks(self, masks, optimizers=()) -> None:
+        """Sets every mask (0/1 arrays shaped like the weights) and keeps the invariant.
+
+        Entries turned off become 0, and so does their state in each optimizer of
+        ``optimizers`` that tracks the weight (slots get their initial value, EMA copies 0);
+        entries turned on start at 0 with fresh state. ``tfl.set_masks`` passes the
+        model's compiled optimizer; pass the optimizer of a custom training loop here.
+        """
         values = self._check_masks(masks)
-        for (_, mask), value in zip(self.masked_weights, values):
-            mask.assign(value)
-        self.apply_masks()
+        for (weight, mask), value in zip(self.masked_weights, values):
+            slots, fills = state.slots_of(optimizers, weight)
+            update.assign_mask(weight, mask, value, slots, fills)
 
     def _check_masks(self, masks) -> List[np.ndarray]:
         """The masks as float32 arrays; raises ValueError (before any change) if one is bad."""
