@@ -235,6 +235,8 @@ class MaskUpdateEngine:
         else:
             result = optimizer.apply_gradients(list(zip(grads, variables)),
                                                experimental_aggregate_gradients=False)
+        if not self.method.updater.updates:  # static sparse training: masks never change
+            return result
         if self.needs_grad == updaters.GRAD_NEVER:
             unit_grads = []
         replica.merge_call(self._cross_replica_update,
