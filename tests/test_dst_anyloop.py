@@ -156,6 +156,26 @@ def test_same_masks_in_every_loop(name):
     _assert_same_masks(tfl.get_masks(net), want, initial)
 
 
+@pytest.mark.parametrize("method", [tfl.SET, tfl.SNFS])
+def test_set_and_snfs_custom_loop_match_fit(method):
+    masks = []
+    for through_fit in (True, False):
+        model = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
+        rule = method(delta_t=4, end_step=STEPS, alpha=0.5, seed=3)
+        if through_fit:
+            model.compile(_sgd(), _loss())
+            model.fit(*_data(), batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+                      callbacks=[rule])
+        else:
+            _custom_loop(model, tfl.SparseOptimizer(_sgd(), model, rule), use_function=True,
+                         check_zeros=False)
+        masks.append(tfl.get_masks(model))
+        # SNFS keeps a momentum of the dense gradient: dense at every step; SET never
+        assert rule.dense_gradient_steps == (STEPS if method is tfl.SNFS else 0)
+    _assert_same_masks(masks[1], masks[0], tfl.get_masks(
+        tfl.sparsify(_functional(), 0.7, "erk", seed=1)))
+
+
 def test_adam_slots_reset_and_checkpoint_in_a_custom_loop(tmp_path):
     model = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
     weights = len(model.get_weights())
@@ -212,6 +232,9 @@ def test_errors_point_to_the_fix():
         sub = Sub()
         sub(tf.zeros((1, 4)))
         tfl.sparsify(sub, 0.5)
+    own.compile(tfl.SparseOptimizer(_sgd(), own, tfl.RigL(end_step=10)), _loss())
+    with pytest.raises(ValueError, match="already updates the masks; drop the callback"):
+        own.fit(*_data(), batch_size=BATCH, epochs=1, verbose=0, callbacks=[tfl.SET()])
     method = tfl.RigL(end_step=10)
     tfl.SparseOptimizer(_sgd(), sparse, method)
     with pytest.raises(ValueError, match="one method object per"):
