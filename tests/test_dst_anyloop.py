@@ -199,6 +199,14 @@ def test_adam_slots_reset_and_checkpoint_in_a_custom_loop(tmp_path):
                 assert np.all(slot.numpy()[after[key] == 0] == 0)
     assert changed > 0
     assert int(opt.iterations.numpy()) == STEPS
+    assert opt.method.dense_gradient_steps == 1  # the one update step
+    gate = opt.method.engine.gate
+    assert not bool(gate.numpy())  # no update after step 12
+    opt.iterations.assign(STEPS - 1)  # as a restored checkpoint would
+    opt.refresh_gate()
+    assert bool(gate.numpy())  # the next step (12) updates: dense gradient
+    opt.iterations.assign(STEPS)
+    opt.refresh_gate()
     # a checkpoint holds the wrapped optimizer's variables: a plain Adam restores it
     path = tf.train.Checkpoint(optimizer=opt, model=model).save(str(tmp_path / "ckpt"))
     model2 = tfl.sparsify(_functional(), 0.7, "erk", seed=1)

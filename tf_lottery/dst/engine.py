@@ -154,8 +154,14 @@ class MaskUpdateEngine:
         self.optimizer = optimizer
         for layer in layers:
             _set_gate(layer, self.gate)
+        self.refresh_gate()
+
+    def refresh_gate(self) -> None:
+        """Sets the gradient gate for the optimizer's next step (eager). ``prepare`` and every
+        step do it; call it after changing ``optimizer.iterations`` by hand (restoring a
+        checkpoint into a live optimizer), or that step's gradient may not be dense."""
         if self.gate is not None:
-            step = tf.cast(optimizer.iterations, tf.int64) + 1
+            step = tf.cast(self.optimizer.iterations, tf.int64) + 1
             self.gate.assign(self._dense_at(step))
 
     def release(self) -> None:

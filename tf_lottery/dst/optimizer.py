@@ -25,7 +25,8 @@ The wrapper is a ``keras.optimizers.Optimizer`` that delegates to the wrapped on
 checkpoints included (like Keras' ``LossScaleOptimizer``): a checkpoint of a model
 compiled with it holds exactly the wrapped optimizer's variables. Create it after the
 model is built and before tracing the train step (it hands the layers their gradient
-gate, which a trace captures).
+gate, which a trace captures). The gate is set one step ahead from the step count: after
+restoring a checkpoint into a live wrapper, call ``refresh_gate()``.
 """
 from typing import Optional
 
@@ -102,6 +103,11 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
 
     def compute_gradients(self, loss, var_list, tape=None):
         return self._optimizer.compute_gradients(loss, var_list, tape)
+
+    def refresh_gate(self) -> None:
+        """Call after restoring a checkpoint into this live wrapper (or setting
+        ``iterations``): the dense-gradient gate is set one step ahead, from the step count."""
+        self.method.engine.refresh_gate()
 
     def last_update(self) -> Optional[dict]:
         """The most recent mask update (host side): ``step``, the drop fraction (pruning:
