@@ -176,6 +176,16 @@ def test_set_and_snfs_custom_loop_match_fit(method):
         tfl.sparsify(_functional(), 0.7, "erk", seed=1)))
 
 
+def test_static_sparse_wrapper_keeps_the_masks():
+    model = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
+    masks = tfl.get_masks(model)
+    opt = tfl.SparseOptimizer(_sgd(), model, tfl.StaticSparse())
+    _custom_loop(model, opt, use_function=True)
+    for key, mask in tfl.get_masks(model).items():
+        np.testing.assert_array_equal(mask, masks[key])
+    assert opt.last_update() is None and int(opt.iterations.numpy()) == STEPS
+
+
 def test_adam_slots_reset_and_checkpoint_in_a_custom_loop(tmp_path):
     model = tfl.sparsify(_functional(), 0.7, "erk", seed=1)
     weights = len(model.get_weights())

@@ -224,7 +224,8 @@ class MaskUpdateEngine:
                 i = by_id[id(u.weight)]
                 grads[i] = tf.convert_to_tensor(grads[i])
         step = tf.cast(optimizer.iterations, tf.int64) + 1
-        is_update, amount = self.method._schedule(step)
+        updates = self.method.updater.updates  # False: static sparse, masks never change
+        is_update, amount = self.method._schedule(step) if updates else (None, None)
         if aggregate and grads:
             grads = list(replica.all_reduce(tf.distribute.ReduceOp.SUM, grads))
         unit_grads = []
@@ -241,7 +242,7 @@ class MaskUpdateEngine:
         else:
             result = optimizer.apply_gradients(list(zip(grads, variables)),
                                                experimental_aggregate_gradients=False)
-        if not self.method.updater.updates:  # static sparse training: masks never change
+        if not updates:
             return result
         if self.needs_grad == updaters.GRAD_NEVER:
             unit_grads = []
