@@ -5,8 +5,8 @@ Two shapes of work, each trained with ``model.fit`` on synthetic data (one fixed
 repeated) in three variants:
 
 - ``dense``: the plain tf_keras model;
-- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: the forward pass reads
-  each weight through an identity whose gradient is ``upstream * mask``);
+- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: the forward pass computes
+  with ``weight * mask`` and a training step writes it back into the variable);
 - ``tfmot``: ``tfmot.sparsity.keras.prune_low_magnitude(model, ConstantSparsity(0.9, 0))``
   with the ``UpdatePruningStep`` callback (it also re-ranks weights every 100 steps).
 
@@ -280,6 +280,14 @@ def main(argv=None):
                   f"{med * 1e3:9.2f} {med / med_dense:9.3f} {fit * 1e3:9.2f} "
                   f"{fit / fit_dense:9.3f} {cpu * 1e3:9.2f} {cpu / cpu_dense:9.3f} "
                   f"{memory / 1024:8.1f} KiB")
+    print()
+    print("median over rounds of the per-round ratio (each round fits every variant once, "
+          "round-robin): the figure least moved by a slow spell")
+    for shape in shapes:
+        dense_fits = np.asarray(times[shape, "dense"])
+        print(f"{shape}: " + ", ".join(
+            f"{v}/dense {np.median(np.asarray(times[shape, v]) / dense_fits):.3f}"
+            for v in variants if v != "dense"))
     print()
     for shape in shapes:
         best = {v: p(runs[shape, v].timer.steps, 10) for v in variants}

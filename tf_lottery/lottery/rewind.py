@@ -46,7 +46,10 @@ def _state_variables(model) -> List:
 
 
 def snapshot(model) -> Dict[str, np.ndarray]:
-    """Values of every non-mask variable of ``model``, keyed by position ("0007:name")."""
+    """Values of every non-mask variable of ``model``, keyed by position ("0007:name");
+    masked entries are re-zeroed first."""
+    for layer in masked_layers(model):
+        layer.apply_masks()
     return {f"{i:04d}:{v.name}": v.numpy() for i, v in enumerate(_state_variables(model))}
 
 

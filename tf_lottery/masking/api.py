@@ -323,7 +323,10 @@ def apply_masks(model) -> None:
 
 
 def get_weights(model) -> Dict[str, np.ndarray]:
-    """Weight key -> current values of every prunable weight (wrapped or plain)."""
+    """Weight key -> current values of every prunable weight (wrapped or plain); masked
+    entries are re-zeroed first, so they read exactly 0."""
+    for layer in masked_layers(model):
+        layer.apply_masks()
     return {u.key: u.weight.numpy() for u in _units(model)}
 
 
