@@ -62,7 +62,12 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
         if isinstance(optimizer, SparseOptimizer):
             raise ValueError("optimizer is already a SparseOptimizer; wrap the plain optimizer "
                              "once")
+        if optimizer is None:
+            raise ValueError("optimizer is None; pass the optimizer to wrap, e.g. "
+                             "keras.optimizers.SGD(0.1, momentum=0.9)")
         _check_optimizer_type(optimizer)
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model must be a tf_keras Model, got {type(model).__name__}")
         if not isinstance(method, MaskUpdateCallback):
             raise TypeError("method must be tfl.RigL, tfl.SET, tfl.SNFS, tfl.StaticSparse or "
                             f"tfl.GradualMagnitudePruning, got {type(method).__name__}")
@@ -78,7 +83,6 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
         self._optimizer = optimizer
         tf.__internal__.tracking.DelegatingTrackableMixin.__init__(self, optimizer)
         self.method = method
-        self._model_name = model.name
         method._check_schedule(method.total_steps)
         method._check_model(model)
         method.engine.prepare(model, optimizer)
