@@ -11,7 +11,8 @@ start-up. Usage:
         saves masks and weights of every run to OUT.npz.
 
     TF_CONFIG=... python dst_distributed_helper.py multiworker OUT.json
-        One worker of a MultiWorkerMirroredStrategy run; writes mask and weight checksums.
+        One worker of a MultiWorkerMirroredStrategy run (fit with the RigL callback, then
+        RigL through tfl.SparseOptimizer in a custom loop); writes mask and weight checksums.
 """
 import hashlib
 import json
@@ -156,7 +157,10 @@ def multiworker(out):
     model, callback = _train(strategy, tfl.dst.RigL, None, tfl, keras, tf)
     masks = tfl.get_masks(model)
     weights = tfl.get_weights(model)
+    loop_model, _ = _train_loop(strategy, None, tfl, keras, tf)  # SparseOptimizer
+    loop_masks = tfl.get_masks(loop_model)
     result = {
+        "loop_mask_sha256": {k: _digest(v) for k, v in loop_masks.items()},
         "task": json.loads(os.environ["TF_CONFIG"])["task"]["index"],
         "replicas": strategy.num_replicas_in_sync,
         "updates": len(callback.history),

@@ -4,7 +4,8 @@
   (to float tolerance) as 1 device with the same global batch, and both replicas hold
   identical masks; through fit and through tfl.SparseOptimizer in a custom loop.
 - A 2-process MultiWorkerMirroredStrategy run on localhost completes and its workers end
-  with identical masks and weights.
+  with identical masks and weights; the same training through tfl.SparseOptimizer in a
+  custom loop gives the workers identical masks, equal to fit's.
 """
 import json
 import os
@@ -118,3 +119,6 @@ def test_multi_worker_mirrored_two_processes_agree(tmp_path):
     for key in first["weight_sum"]:
         assert first["weight_sum"][key] == pytest.approx(second["weight_sum"][key], rel=1e-6)
     assert first["mask_sha256"] != first["initial_mask_sha256"]  # the masks did move
+    # the custom loop with tfl.SparseOptimizer: the workers agree, and with fit
+    assert first["loop_mask_sha256"] == second["loop_mask_sha256"]
+    assert first["loop_mask_sha256"] == first["mask_sha256"]
