@@ -7,6 +7,7 @@
   distribution / get back a plain model with exact zeros;
 - ``tfl.sparsity_distribution`` (uniform, ER, ERK) and ``tfl.sparsity_report``;
 - ``tfl.get_masks`` / ``tfl.set_masks`` / ``tfl.get_weights`` keyed by ``"layer/weight"``;
+- ``tfl.check_masks_agree``: fails loudly unless every replica and worker holds the same masks;
 - lottery tickets: ``tfl.IterativeMagnitudePruning`` / ``tfl.run_imp``,
   ``tfl.RewindCheckpoint`` and ``tfl.rewind``, ``tfl.WarmupStepDecay``;
 - dynamic sparse training callbacks: ``tfl.RigL``, ``tfl.SET``, ``tfl.SNFS``,
@@ -17,8 +18,8 @@
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
-from tf_lottery.masking.api import (apply_masks, custom_object_scope, custom_objects, get_masks,
-                                    get_weights, masked_layers, set_masks, sparsify,
+from tf_lottery.masking.api import (apply_masks, check_masks_agree, custom_object_scope,
+                                    custom_objects, get_masks, get_weights, masked_layers, set_masks, sparsify,
                                     sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.export import export
@@ -39,7 +40,8 @@ __all__ = [
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "export", "rewind", "run_imp", "train",
-    "MaskedLayer", "apply_masks", "custom_object_scope", "custom_objects", "get_masks", "get_weights",
+    "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
+    "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",
 ]

@@ -8,6 +8,7 @@
     sparsity.json         per-weight sparsity and the masks' provenance
     export_report.json    parameters, non-zeros, file sizes (and gzip), FLOPs, TFLite latency
 
+``path`` may be local or on any ``tf.io.gfile`` filesystem (``gs://bucket/export``).
 Before returning it loads the SavedModel with plain ``tf.saved_model.load`` in a fresh
 process that never imports tf_lottery and checks that it gives the masked model's
 outputs (max abs difference <= ``atol``) and holds exactly the model's non-zeros,
@@ -32,6 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tf_lottery import _io
 from tf_lottery._keras import keras, tf
 from tf_lottery.export import report as _report
 from tf_lottery.export import saved_model as _saved_model
@@ -165,6 +167,11 @@ def export(model, path, overwrite: bool = False, sample=None,
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}")
+    if not _io.is_local(os.fspath(path)):
+        return _export_remote(model, os.fspath(path), overwrite, verbose,
+                              dict(sample=sample, provenance=provenance, tflite=tflite,
+                                   input_shape=input_shape, verify=verify, atol=atol,
+                                   latency_runs=latency_runs, num_threads=num_threads))
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -272,6 +279,26 @@ def export(model, path, overwrite: bool = False, sample=None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    result = ExportReport(_jsonable(dict(result)))
+    if verbose:
+        print(result.table())
+    return result
+
+
+def _export_remote(model, path: str, overwrite: bool, verbose: bool, options) -> ExportReport:
+    """``export`` to a ``tf.io.gfile`` folder (``gs://...``): built and verified in a local
+    temporary folder, then uploaded file by file with ``export_report.json`` last (object
+    stores cannot rename a folder atomically: the export is complete once it exists)."""
+    if _io.gfile.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_export_") as local_dir:
+        local = os.path.join(local_dir, "export")
+        result = export(model, local, verbose=False, **options)
+        result["path"] = path
+        _write_json(os.path.join(local, REPORT_JSON), result)
+        if _io.gfile.exists(path):  # replaced only once the new export is complete
+            _io.gfile.rmtree(path)
+        _io.upload_tree(local, path, last=(REPORT_JSON,))
     result = ExportReport(_jsonable(dict(result)))
     if verbose:
         print(result.table())

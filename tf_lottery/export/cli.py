@@ -38,22 +38,29 @@ def load_checkpoint(path: str):
     """The tf_keras model saved at ``path``, MaskedLayers included."""
     import tf_lottery as tfl
     from tf_lottery._keras import keras
-    if not os.path.exists(path):
+    from tf_lottery import _io
+    if not _io.gfile.exists(path):
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
+    if _io.gfile.isdir(path):  # a SavedModel: TensorFlow reads it from any gfile path
+        return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
+    with _io.local_copy(path) as local:  # h5py reads local files only
+        return keras.models.load_model(local, custom_objects=tfl.custom_objects(),
+                                       compile=False)
 
 
 def export_checkpoint(FLAGS=flags.FLAGS):
     """Runs the export the flags describe; returns the report (a dict)."""
     if not FLAGS.checkpoint or not FLAGS.output_dir:
         raise app.UsageError("--checkpoint and --output_dir are required")
+    from tf_lottery import _io
     from tf_lottery.export import export
     model = load_checkpoint(FLAGS.checkpoint)
     gin_config = None
     if FLAGS.gin_file:
-        gin_config = "\n".join(open(f, encoding="utf-8").read() for f in FLAGS.gin_file)
+        gin_config = "\n".join(_io.read_bytes(f).decode("utf-8") for f in FLAGS.gin_file)
     provenance = {"method": FLAGS.method, "level": FLAGS.level, "gin_config": gin_config,
-                  "checkpoint": os.path.abspath(FLAGS.checkpoint)}
+                  "checkpoint": (os.path.abspath(FLAGS.checkpoint)
+                                 if _io.is_local(FLAGS.checkpoint) else FLAGS.checkpoint)}
     input_shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
     return export(model, FLAGS.output_dir, overwrite=FLAGS.overwrite, provenance=provenance,
                   tflite=FLAGS.tflite, input_shape=input_shape, verify=FLAGS.verify,

@@ -27,11 +27,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
+from tf_lottery._io import local_copy
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import apply_masks, get_masks, get_weights, set_masks, sparsify
+from tf_lottery.masking.api import (apply_masks, check_masks_agree, get_masks, get_weights,
+                                    output_keys, set_masks, sparsify)
 
 log = logging.getLogger("tf_lottery")
 
@@ -162,17 +164,21 @@ class IterativeMagnitudePruning:
       levels: number of levels including the dense level 0.
       fraction: fraction of the surviving weights pruned per level (0.2: level i keeps
         0.8^i).
-      output_fraction: fraction for the last prunable layer (Frankle & Carbin prune the
-        output layer at half the rate); None uses ``fraction``.
+      output_fraction: fraction for the layer(s) that produce the model's output(s)
+        (Frankle & Carbin prune the output layer at half the rate), found by following
+        each output back to its nearest prunable layer; None uses ``fraction``.
       layer_fractions: layer name -> fraction, overriding the two above.
-      scope: ``"layerwise"`` or ``"global"`` (layers sharing a fraction are pooled and
-        pruned by one threshold; Frankle & Carbin section 4 for deep networks).
+      scope: ``"layerwise"`` or ``"global"`` (the layers at ``fraction`` are pooled and
+        pruned by one threshold, Frankle & Carbin section 4 for deep networks; the output
+        layer under ``output_fraction`` and ``layer_fractions`` layers are pruned on their
+        own).
       rewind_step: k, as iterations (int, ``"500it"``) or epochs (``"1ep"``).
       controls: any of ``"reinit"``, ``"random_mask"`` (ticket mode only).
       mode: ``"ticket"``, ``"finetune"`` or ``"lr_rewind"``.
       seed: seeds the initialisation, data order and random masks of every level.
-      output_dir: where results go (see ``tf_lottery.lottery.results``); None keeps
-        nothing on disk and cannot resume.
+      output_dir: where results go (see ``tf_lottery.lottery.results``), local or on any
+        ``tf.io.gfile`` filesystem (``gs://bucket/run``); None keeps nothing on disk and
+        cannot resume.
       overwrite: replace a different run found in ``output_dir``.
       deterministic: enable TensorFlow op determinism so a resumed run reproduces an
         uninterrupted one bit for bit.
@@ -267,11 +273,17 @@ class IterativeMagnitudePruning:
             raise TypeError(f"model_fn must return a tf_keras Model, got {type(model)}")
         return sparsify(model, 0.0)
 
-    def _fractions(self, masks: Mapping[str, np.ndarray]) -> Dict[str, float]:
-        keys = list(masks)
+    def _fractions(self, model):
+        """``(key -> fraction, pool)``: each weight's pruning fraction, and the keys that
+        ``scope="global"`` pools (those at ``fraction``: not the output layer when
+        ``output_fraction`` is set, not the layers named in ``layer_fractions``)."""
+        keys = list(get_masks(model))
         out = {k: self.fraction for k in keys}
+        pinned = set()
         if self.output_fraction is not None:
-            out[keys[-1]] = float(self.output_fraction)
+            for k in output_keys(model):
+                out[k] = float(self.output_fraction)
+                pinned.add(k)
         layers = {k.split("/", 1)[0] for k in keys}
         unknown = sorted(set(self.layer_fractions) - layers)
         if unknown:
@@ -281,7 +293,8 @@ class IterativeMagnitudePruning:
             name = k.split("/", 1)[0]
             if name in self.layer_fractions:
                 out[k] = float(self.layer_fractions[name])
-        return out
+                pinned.add(k)
+        return out, [k for k in keys if k not in pinned]
 
     def _data_args(self, data) -> dict:
         if isinstance(data, tf.data.Dataset):
@@ -370,7 +383,8 @@ class IterativeMagnitudePruning:
         rows = folder.rows(start_level) if folder is not None else []
         if start_level > 0:
             self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
-            model.load_weights(folder.level(start_level - 1, "weights.h5"))
+            with local_copy(folder.level(start_level - 1, "weights.h5")) as weights:
+                model.load_weights(weights)
         for level in range(start_level, self.levels):
             rows += self._level(level, model, folder)
         return self._finish(folder, rows)
@@ -384,14 +398,17 @@ class IterativeMagnitudePruning:
             extra = [checkpoint]
         else:
             trained = get_weights(model)
-            masks = selection.prune_surviving(trained, get_masks(model),
-                                              self._fractions(get_masks(model)), self.scope)
+            fractions, pool = self._fractions(model)
+            masks = selection.prune_surviving(trained, get_masks(model), fractions,
+                                              self.scope, pool)
             if self.mode == "ticket":
                 rewind(model, self._theta_k)
                 start = self.k
             else:
                 start = self.total if self.mode == "finetune" else self.k
             set_masks(model, masks)
+            if model.distribute_strategy.num_replicas_in_sync > 1:
+                check_masks_agree(model)  # pruned from each worker's copy of the weights
         prep_seconds = time.perf_counter() - t_level
         row = self._train(model, start, level, self.mode, extra)
         if level == 0:

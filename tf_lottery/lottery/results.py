@@ -10,7 +10,8 @@ Layout of ``output_dir``::
     level_<i>/metrics.json  one entry per kind trained at this level
     summary.json, summary.csv, accuracy_vs_remaining.png, tensorboard/
 
-Every file is written to a temporary name in its folder and renamed into place, so a
+``output_dir`` may be local or on any ``tf.io.gfile`` filesystem (``gs://...``). Every
+file is written to a temporary name in its folder and renamed into place, so a
 run killed at any moment leaves either the old file or the new one, never half of one.
 A level counts as finished when its ``metrics.json`` exists (it is written last).
 """
@@ -19,13 +20,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from typing import Dict, List, Mapping, Optional
 
 import gin
 import numpy as np
 
-from tf_lottery._io import atomic_write, write_text
+from tf_lottery._io import atomic_write, gfile, read_bytes, write_text
 
 SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
                 "early_stop_iteration", "iterations", "fit_seconds", "wall_seconds")
@@ -37,8 +37,7 @@ def write_json(path: str, data) -> None:
 
 
 def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(read_bytes(path).decode("utf-8"))
 
 
 def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -60,7 +59,7 @@ def digest(arrays, max_bytes: Optional[int] = None) -> str:
 
 
 def read_arrays(path: str) -> Dict[str, np.ndarray]:
-    with np.load(path) as data:
+    with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -106,7 +105,7 @@ class RunDirectory:
         self.path = path
         self.config = json.loads(json.dumps(dict(config), default=_jsonable))
         run_file = os.path.join(path, "run.json")
-        if os.path.exists(run_file):
+        if gfile.exists(run_file):
             previous = read_json(run_file)
             if previous != self.config:
                 if not overwrite:
@@ -117,23 +116,23 @@ class RunDirectory:
                         "choose another output_dir, or pass overwrite=True (--overwrite) to "
                         "delete it and start again")
                 self._clear()
-        elif os.path.isdir(path) and os.listdir(path):
+        elif gfile.isdir(path) and gfile.listdir(path):
             if not overwrite:
                 raise ValueError(f"{path} exists and is not an IMP run folder; choose an empty "
                                  "or new output_dir, or pass overwrite=True (--overwrite)")
             self._clear()
-        os.makedirs(path, exist_ok=True)
+        gfile.makedirs(path)
         write_json(run_file, self.config)
         if gin.config_str().strip():
             write_text(os.path.join(path, "config.gin"), gin.config_str())
 
     def _clear(self):
-        for name in os.listdir(self.path):
-            full = os.path.join(self.path, name)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
+        for name in gfile.listdir(self.path):
+            full = os.path.join(self.path, name.rstrip("/"))
+            if gfile.isdir(full) and not os.path.islink(full):
+                gfile.rmtree(full)
             else:
-                os.remove(full)
+                gfile.remove(full)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -143,7 +142,7 @@ class RunDirectory:
         return folder if name is None else os.path.join(folder, name)
 
     def finished(self, level: int) -> bool:
-        return os.path.exists(self.level(level, "metrics.json"))
+        return gfile.exists(self.level(level, "metrics.json"))
 
     def rows(self, levels: int) -> List[dict]:
         """Summary rows of the finished levels below ``levels``, in order."""

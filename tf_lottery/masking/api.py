@@ -5,16 +5,19 @@ user's layer name (``"dense_1/kernel"``, ``"mha/query_kernel"``), the same for t
 wrapped and the plain model. Functions that take layer names (``dense_layers``,
 ``custom_sparsity``) apply them to every prunable weight of the layer.
 """
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tf_lottery._keras import keras, tfmot
-from tf_lottery.masking import distributions, selection
-from tf_lottery.masking.wrapper import MaskedLayer, _short_name
+from tf_lottery.masking import agreement, distributions, graph, selection
+from tf_lottery.masking.units import Unit as _Unit
+from tf_lottery.masking.units import check_model as _check_model
+from tf_lottery.masking.units import require_units as _require_units
+from tf_lottery.masking.units import units as _units
+from tf_lottery.masking.units import walk as _walk
+from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.masking.state import live_optimizers
-from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
-    PruneRegistry as _PruneRegistry)
 
 MASK_INITS = ("random", "magnitude")
 
@@ -27,64 +30,6 @@ def custom_objects() -> Dict[str, type]:
 def custom_object_scope():
     """``with tfl.custom_object_scope(): keras.models.load_model(path)``."""
     return keras.utils.custom_object_scope(custom_objects())
-
-
-def _walk(model) -> Iterator:
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and not isinstance(layer, MaskedLayer):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
-def _prunable_weights(layer):
-    """The weights tfmot would prune in ``layer``; None if tfmot cannot prune it."""
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        # tfmot registers it with no prunable weight: its kernel would stay dense unnoticed
-        return None
-    if isinstance(layer, MaskedLayer):
-        return [w for w, _ in layer.masked_weights]
-    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or hasattr(
-            layer, "get_prunable_weights"):
-        return list(layer.get_prunable_weights())
-    if _PruneRegistry.supports(layer):
-        return list(_PruneRegistry.make_prunable(layer).get_prunable_weights())
-    return None
-
-
-class _Unit:
-    """One prunable weight: its key, layer, variable and (if wrapped) mask."""
-
-    def __init__(self, layer, inner, weight, mask=None):
-        self.layer, self.inner, self.weight, self.mask = layer, inner, weight, mask
-        self.key = f"{inner.name}/{_short_name(weight, inner).replace('/', '_')}"
-        self.shape = tuple(int(d) for d in weight.shape)
-        self.size = int(np.prod(self.shape))
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}; build models "
-                        "with tf_keras (import tf_lottery first), not Keras 3")
-    if not model.built:
-        raise ValueError(f"model {model.name!r} is not built: give its first layer an input "
-                         "shape or call it once on data before sparsifying")
-
-
-def _units(model, unsupported: Optional[List] = None) -> List[_Unit]:
-    _check_model(model)
-    units = []
-    for layer in _walk(model):
-        weights = _prunable_weights(layer)
-        if weights is None:
-            if unsupported is not None and layer.trainable_weights:
-                unsupported.append(layer)
-            continue
-        if isinstance(layer, MaskedLayer):
-            units += [_Unit(layer, layer.layer, w, m) for w, m in layer.masked_weights]
-        else:
-            units += [_Unit(layer, layer, w) for w in weights]
-    return units
 
 
 def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
@@ -108,11 +53,26 @@ def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
     return pins
 
 
-def _require_units(model, units):
-    if not units:
-        raise ValueError(f"model {model.name!r} has no layer that tfmot can prune (Dense, Conv, "
-                         "Embedding, ... or a layer implementing "
-                         "tfmot.sparsity.keras.PrunableLayer)")
+def _resolve_dense_layers(model, units, unsupported, dense_layers) -> List[str]:
+    """The prunable layer names ``dense_layers`` keeps dense (class names expanded).
+
+    Raises ValueError, naming the fix, if a layer tfmot cannot prune has trainable
+    weights and is not listed: it would stay dense unnoticed.
+    """
+    classes = {type(layer).__name__ for layer in _walk(model)}
+    skip = {n for n in (dense_layers or ()) if n not in classes}
+    skip_classes = {n for n in (dense_layers or ()) if n in classes}
+    skip |= {layer.name for layer in _walk(model) if type(layer).__name__ in skip_classes
+             and (layer in unsupported or any(u.layer is layer for u in units))}
+    blocked = [layer for layer in unsupported if layer.name not in skip]
+    if blocked:
+        raise ValueError(
+            "these layers have trainable weights but tfmot cannot prune them: "
+            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
+            + ". tfmot's registry matches exact classes and leaves DepthwiseConv2D out: "
+            "implement tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list "
+            "it in dense_layers to leave it dense")
+    return sorted(n for n in skip if n not in {layer.name for layer in unsupported})
 
 
 def _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity, erk_power_scale,
@@ -135,7 +95,9 @@ def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_lay
       sparsity: overall fraction of zeros of the layers not pinned, in [0, 1).
       method: ``"uniform"``, ``"er"`` (Erdős–Rényi) or ``"erk"`` (ER-Kernel), as in
         Evci et al. 2020; see ``tf_lottery.masking.distributions``.
-      dense_layers: layer names kept dense; they take no part in the budget.
+      dense_layers: layer names (or layer class names, ``"DepthwiseConv2D"``) kept dense;
+        they take no part in the budget. A layer tfmot cannot prune that has trainable
+        weights must be listed here, as in ``sparsify``.
       custom_sparsity: layer name -> fixed sparsity; no part in the budget either.
       erk_power_scale: exponent on the ERK raw density.
       per_weight: key the result by weight key (``"layer/kernel"``) instead of layer name;
@@ -145,8 +107,11 @@ def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_lay
     Returns:
       layer name (or weight key) -> sparsity, in model order.
     """
-    units = _units(model)
-    values = _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity,
+    unsupported: List = []
+    units = _units(model, unsupported)
+    _require_units(model, units)
+    dense = _resolve_dense_layers(model, units, unsupported, dense_layers)
+    values = _weight_sparsities(model, sparsity, method, dense, custom_sparsity,
                                 erk_power_scale, units)
     if per_weight:
         return values
@@ -196,7 +161,12 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         threshold over all unpinned weights; needs ``mask_init="magnitude"``).
       mask_init: ``"random"`` (exact zero counts at random places, RigL's start) or
         ``"magnitude"`` (keep the largest current weights).
-      seed: seed of the random masks (numpy ``default_rng``); None draws a fresh one.
+      seed: seed of the random masks (numpy ``default_rng``). None draws one from numpy's
+        global generator, which ``keras.utils.set_random_seed`` seeds, so a seeded
+        program gets the same masks every run. Under a multi-worker
+        ``MultiWorkerMirroredStrategy`` (sparsify called in its scope, or on a model
+        built there) every worker uses the chief's seed, and the masks of all replicas
+        and workers are compared afterwards (``check_masks_agree``).
       dense_layers, custom_sparsity, erk_power_scale: as in ``sparsity_distribution``.
         Layers tfmot cannot prune but that have trainable weights (a Dense subclass,
         DepthwiseConv2D) must be listed in ``dense_layers`` to be left dense; a class
@@ -235,20 +205,7 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
                          "tfl.set_masks, or tfl.strip it first")
     _require_units(model, units)
-    classes = {type(layer).__name__ for layer in _walk(model)}
-    skip = {n for n in (dense_layers or ()) if n not in classes}
-    skip_classes = {n for n in (dense_layers or ()) if n in classes}
-    skip |= {layer.name for layer in _walk(model) if type(layer).__name__ in skip_classes
-             and (layer in unsupported or any(u.layer is layer for u in units))}
-    blocked = [layer for layer in unsupported if layer.name not in skip]
-    if blocked:
-        raise ValueError(
-            "these layers have trainable weights but tfmot cannot prune them: "
-            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
-            + ". tfmot's registry matches exact classes and leaves DepthwiseConv2D out: "
-            "implement tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list "
-            "it in dense_layers to leave it dense")
-    dense_prunable = [n for n in skip if n not in {layer.name for layer in unsupported}]
+    dense_prunable = _resolve_dense_layers(model, units, unsupported, dense_layers)
     method = "uniform" if distribution == "global" else distribution
     sparsities = _weight_sparsities(model, distributions.check_sparsity(sparsity), method,
                                      dense_prunable, custom_sparsity, erk_power_scale, units)
@@ -261,7 +218,10 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     elif mask_init == "magnitude":
         masks = {k: selection.magnitude_mask(values[k], sparsities[k]) for k in values}
     else:
-        rng = np.random.default_rng(seed)
+        strategy = agreement.current_strategy(model)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        rng = np.random.default_rng(agreement.chief_seed(seed, strategy))
         masks = {u.key: selection.random_mask(u.shape, sparsities[u.key], rng) for u in units}
 
     if in_place:
@@ -270,7 +230,26 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     to_wrap = {id(u.layer) for u in units}
     wrapped = _clone(model, lambda layer: MaskedLayer(layer) if id(layer) in to_wrap else layer)
     set_masks(wrapped, masks)
+    if agreement.current_strategy(wrapped).num_replicas_in_sync > 1:
+        check_masks_agree(wrapped)
     return wrapped
+
+
+def check_masks_agree(model, strategy=None) -> str:
+    """Raises RuntimeError unless every replica and worker holds the same masks.
+
+    Compares a digest of every mask of ``model`` across all replicas and workers of
+    ``strategy`` (default: the one in scope, else the model's), with one all-gather;
+    every worker must call it at the same point. ``sparsify`` calls it under a
+    multi-replica strategy; call it after changing masks yourself (e.g. from a callback
+    after a mask update). See ``tf_lottery.masking.agreement``.
+
+    Returns:
+      a 16-hex-digit digest of the masks, the same on every worker.
+    """
+    units = _masked_units(model)
+    strategy = strategy or agreement.current_strategy(model)
+    return agreement.check_agree([u.key for u in units], [u.mask for u in units], strategy)
 
 
 def masked_layers(model) -> List[MaskedLayer]:
@@ -283,6 +262,19 @@ def _masked_units(model) -> List[_Unit]:
     if not units:
         raise ValueError(f"model {model.name!r} has no MaskedLayer; call tfl.sparsify first")
     return units
+
+
+def output_keys(model) -> List[str]:
+    """Weight keys of the prunable layer(s) that produce ``model``'s output(s).
+
+    Followed back from each output past layers with nothing to prune (Activation,
+    Dropout, Reshape, nested models), so a classifier ending in ``Dense -> Softmax``
+    gives the Dense layer's keys; see ``tf_lottery.masking.graph``.
+    """
+    units = _units(model)
+    prunable = {id(u.layer) for u in units}
+    found = {id(layer) for layer in graph.output_layers(model, lambda l: id(l) in prunable)}
+    return [u.key for u in units if id(u.layer) in found]
 
 
 def get_masks(model) -> Dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ are exact: a weight of ``n`` entries at sparsity ``s`` has ``count_zeros(n, s)``
 zeros. Ties between equal magnitudes go to the lower flat index (stable sort), so
 the same weights always give the same mask.
 """
-from typing import Dict, Mapping, Optional, Union
+from typing import Collection, Dict, Mapping, Optional, Union
 
 import numpy as np
 
@@ -79,7 +79,8 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float,
 
 def prune_surviving(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
                     fraction: Union[float, Mapping[str, float]],
-                    scope: str = "layerwise") -> Dict[str, np.ndarray]:
+                    scope: str = "layerwise",
+                    pool: Optional[Collection[str]] = None) -> Dict[str, np.ndarray]:
     """One IMP pruning step: removes ``fraction`` of the surviving weights by magnitude.
 
     Args:
@@ -88,8 +89,12 @@ def prune_surviving(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
       fraction: fraction of the currently surviving entries to prune, one number for
         all weights or key -> number (keys missing from the mapping are not pruned).
       scope: ``"layerwise"`` prunes each weight's own survivors by ``fraction``;
-        ``"global"`` pools the survivors of every weight that shares one fraction and
-        prunes the smallest of them together, so layers lose different shares.
+        ``"global"`` pools the survivors of the weights in ``pool`` and prunes the
+        smallest of them together (one threshold, so layers lose different shares);
+        every weight outside ``pool`` is pruned on its own.
+      pool: the keys pooled by ``scope="global"`` (default: all); they must share one
+        fraction. Membership is explicit: two weights that merely have equal fractions
+        (an output layer pinned at the same rate) are not pooled unless listed here.
 
     Returns:
       key -> new mask.
@@ -103,21 +108,30 @@ def prune_surviving(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
     for k, f in fractions.items():
         if not 0.0 <= f < 1.0:
             raise ValueError(f"pruning fraction of {k!r} must be in [0, 1), got {f}")
+    pooled = []
+    if scope == "global":
+        pooled = list(weights) if pool is None else [k for k in weights if k in set(pool)]
+        unknown = sorted(set(pool or ()) - set(weights))
+        if unknown:
+            raise ValueError(f"pool names unknown weights {unknown}; known: {list(weights)}")
+        shares = sorted({fractions[k] for k in pooled})
+        if len(shares) > 1:
+            raise ValueError(f"scope='global' prunes its pool at one fraction, but the pooled "
+                             f"weights have fractions {shares}; pass pool= with the keys that "
+                             "share one fraction (the others are pruned layer by layer)")
     out: Dict[str, np.ndarray] = {}
-    groups: Dict[float, list] = {}
+    if len(pooled) > 1:
+        f = fractions[pooled[0]]
+        alive = sum(int(np.count_nonzero(masks[k])) for k in pooled)
+        total = sum(int(np.size(masks[k])) for k in pooled)
+        target = (total - alive + count_zeros(alive, f)) / total
+        out.update(global_magnitude_masks({k: weights[k] for k in pooled}, target,
+                                          {k: masks[k] for k in pooled}))
     for k in weights:
-        groups.setdefault(fractions[k], []).append(k)
-    for f, keys in groups.items():
-        if scope == "global" and len(keys) > 1:
-            alive = sum(int(np.count_nonzero(masks[k])) for k in keys)
-            total = sum(int(np.size(masks[k])) for k in keys)
-            target = (total - alive + count_zeros(alive, f)) / total
-            out.update(global_magnitude_masks({k: weights[k] for k in keys}, target,
-                                              {k: masks[k] for k in keys}))
+        if k in out:
             continue
-        for k in keys:
-            alive = int(np.count_nonzero(masks[k]))
-            size = int(np.size(masks[k]))
-            target = (size - alive + count_zeros(alive, f)) / size
-            out[k] = magnitude_mask(weights[k], target, masks[k])
+        alive = int(np.count_nonzero(masks[k]))
+        size = int(np.size(masks[k]))
+        target = (size - alive + count_zeros(alive, fractions[k])) / size
+        out[k] = magnitude_mask(weights[k], target, masks[k])
     return {k: out[k] for k in weights}

@@ -37,6 +37,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import gin
 
+from tf_lottery import _io
 from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.lottery import results
 from tf_lottery.lottery.imp import IterativeMagnitudePruning
@@ -104,7 +105,9 @@ def _worker_dir(output_dir: str, strategy) -> Optional[str]:
         return None
     resolver = strategy.cluster_resolver
     tmp = tempfile.mkdtemp(prefix=f"tf_lottery_{resolver.task_type}{resolver.task_id}_")
-    if os.path.isdir(output_dir):
+    if not _io.is_local(output_dir):
+        _io.download_tree(output_dir, tmp, skip=("tensorboard", "backup", "export", ".tmp-*"))
+    elif os.path.isdir(output_dir):
         try:
             shutil.copytree(output_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
                 "tensorboard", "backup", "export", ".tmp-*"))
@@ -214,7 +217,7 @@ def _export(model, output_dir: str, provenance: dict) -> Optional[str]:
     from tf_lottery.export import export as export_model
 
     path = os.path.join(output_dir, "export")
-    if os.path.exists(path):
+    if _io.gfile.exists(path):
         log.info("%s exists: not exporting again", path)
         return path
     export_model(model, path, provenance=provenance, verbose=False)
@@ -253,12 +256,13 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
     result = {"rows": rows, "timings": runner.timings}
     last = runner.levels - 1
     masks_file = os.path.join(output_dir, f"level_{last}", "masks.npz")
-    if os.path.exists(masks_file):
+    if _io.gfile.exists(masks_file):
         result["checksums"] = {"masks": results.digest(results.read_arrays(masks_file).values())}
     if export:
         from tf_lottery.masking.api import sparsify
         ticket = sparsify(build(), 0.0)
-        ticket.load_weights(os.path.join(output_dir, f"level_{last}", "weights.h5"))
+        with _io.local_copy(os.path.join(output_dir, f"level_{last}", "weights.h5")) as h5:
+            ticket.load_weights(h5)
         main = [r for r in rows if r["level"] == last and r["kind"] == runner.mode]
         _export(ticket, output_dir, {
             "method": f"imp_{runner.mode}", "level": last,
@@ -341,12 +345,12 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     config = {"gin": gin.config_str(), "max_steps": max_steps}
     folder = results.RunDirectory(output_dir, config, overwrite)
     method = _method(updater, sparsity)
-    if os.path.exists(folder.file("metrics.json")):
+    if _io.gfile.exists(folder.file("metrics.json")):
         log.info("%s: this run is finished", output_dir)
         metrics = results.read_json(folder.file("metrics.json"))
         if export:
-            with custom_object_scope():
-                net = keras.models.load_model(folder.file("model.h5"), compile=False)
+            with custom_object_scope(), _io.local_copy(folder.file("model.h5")) as h5:
+                net = keras.models.load_model(h5, compile=False)
             _export(net, output_dir, {"method": method, "level": sparsity})
         return metrics
     keras.utils.set_random_seed(seed)
@@ -394,8 +398,9 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
         metrics["layers"] = list(report)
         log.info("sparsity after training:\n%s", report)
         drawn = folder.file(os.path.join("tensorboard", "layer_sparsity.png"))
-        if os.path.exists(drawn):  # the updater callback drew the final masks already
-            shutil.copyfile(drawn, folder.file("layer_sparsity.png"))
+        if _io.gfile.exists(drawn):  # the updater callback drew the final masks already
+            _io.atomic_write(folder.file("layer_sparsity.png"),
+                             lambda tmp: _io.gfile.copy(drawn, tmp, overwrite=True))
         else:
             from tf_lottery.plots import plot_layer_sparsity
             plot_layer_sparsity(report, folder.file("layer_sparsity.png"))
