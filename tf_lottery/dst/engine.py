@@ -57,20 +57,6 @@ __all__ = ["MaskUpdateEngine"]
 
 # Stores the gate on the layer without Keras' attribute tracking, which would make the
 # variable a weight of the model (get_weights, h5 weight files).
-_set_gate_untracked = tf.__internal__.tracking.no_automatic_dependency_tracking(
-    MaskedLayer.set_gradient_gate)
-
-
-def _set_gate(layer, gate) -> None:
-    """Hands ``layer`` the gradient gate (or None) without making it a model weight."""
-    _set_gate_untracked(layer, gate)
-    if gate is not None:
-        # A SavedModel of the model traces the layer's gradient, which reads the gate, so
-        # the gate must be in the object graph: tracked as a dependency (no public API
-        # tracks a variable on a Keras layer without making it a weight).
-        layer._track_trackable(gate, name="dst_gradient_gate", overwrite=True)
-
-
 class _Unit:
     """One masked, trainable weight taking part in the updates."""
 
@@ -163,7 +149,7 @@ class MaskUpdateEngine:
                 u.slots, u.fills = slots[id(u.weight)]
         self.optimizer = optimizer
         for layer in layers:
-            _set_gate(layer, self.gate)
+            layer.set_gradient_gate(self.gate)
         self.refresh_gate()
 
     def refresh_gate(self) -> None:
