@@ -36,7 +36,8 @@ import numpy as np
 from tf_lottery._keras import keras, tf
 from tf_lottery.dst import updaters
 from tf_lottery.dst.engine import MaskUpdateEngine
-from tf_lottery.masking.api import masked_layers
+from tf_lottery.masking.agreement import is_multi_worker
+from tf_lottery.masking.api import check_masks_agree, masked_layers
 
 __all__ = ["MaskUpdateCallback"]
 
@@ -233,6 +234,8 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             self._last_logged = max(self._last_logged, self._py_step)
             return
         self._last_logged = step = record["step"]
+        if is_multi_worker(self.model.distribute_strategy):
+            record["masks_digest"] = check_masks_agree(self.model)  # raises if workers differ
         self.history.append(record)
         grown = sum(record["grown"].values())
         dropped = sum(record["dropped"].values())

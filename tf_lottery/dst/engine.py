@@ -164,7 +164,7 @@ class MaskUpdateEngine:
         """Removes the gradient gate from the model's layers (masked gradients again)."""
         if self.model is not None and self.gate is not None:
             for layer in masked_layers(self.model):
-                _set_gate(layer, None)
+                layer.set_gradient_gate(None)
 
     def _create_variables(self, strategy):
         n = len(self.units)
