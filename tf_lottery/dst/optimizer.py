@@ -37,6 +37,8 @@ from tf_lottery.masking.state import _check_optimizer_type
 __all__ = ["SparseOptimizer"]
 
 
+# tf.__internal__'s DelegatingTrackableMixin is what Keras' own LossScaleOptimizer uses to
+# make a wrapper checkpoint as the wrapped optimizer; no public API delegates checkpoints.
 class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
                       keras.optimizers.Optimizer):
     """An optimizer that keeps masked weights at 0 and runs a mask-update method.
