@@ -7,10 +7,12 @@ start-up. Usage:
     python dst_distributed_helper.py mirrored OUT.npz
         Configures 2 logical CPUs, trains the same sparsified model with RigL (and SET) once
         under MirroredStrategy over both and once on one device with the same global
-        batch, and saves masks and weights of every run to OUT.npz.
+        batch, through fit and (RigL) through tfl.SparseOptimizer in a custom loop, and
+        saves masks and weights of every run to OUT.npz.
 
     TF_CONFIG=... python dst_distributed_helper.py multiworker OUT.json
-        One worker of a MultiWorkerMirroredStrategy run; writes mask and weight checksums.
+        One worker of a MultiWorkerMirroredStrategy run (fit with the RigL callback, then
+        RigL through tfl.SparseOptimizer in a custom loop); writes mask and weight checksums.
 """
 import hashlib
 import json
@@ -57,6 +59,43 @@ def _train(strategy, method, weights, tfl, keras, tf):
     return model, callback
 
 
+def _train_loop(strategy, weights, tfl, keras, tf):
+    """RigL through tfl.SparseOptimizer in a custom loop (strategy.run in a tf.function)."""
+    x, y = _data()
+    with strategy.scope():
+        model = tfl.sparsify(_build(keras, tf, weights), 0.7, "erk", seed=3)
+        opt = tfl.SparseOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), model,
+                                  tfl.RigL(delta_t=2, end_step=10, alpha=0.4, seed=5))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.NONE)
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH))
+
+    def replica_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.nn.compute_average_loss(loss_fn(yb, model(xb, training=True)),
+                                              global_batch_size=GLOBAL_BATCH)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+    @tf.function
+    def step(batch):
+        strategy.run(replica_step, args=batch)
+
+    for batch in dataset:
+        step(batch)
+    return model, opt
+
+
+def _replica_masks(model, key, arrays, prefix, tfl):
+    """Every replica's copy of the mask ``key``, into ``arrays``."""
+    for layer in tfl.masked_layers(model):
+        for wname, (_, var) in zip(layer.weight_names, layer.masked_weights):
+            if f"{layer.layer.name}/{wname}" == key and hasattr(var, "values"):
+                for i, component in enumerate(var.values):
+                    arrays[f"{prefix}/replica{i}/{key}"] = component.numpy()
+
+
 def mirrored(out):
     import tensorflow as tf_raw
 
@@ -91,6 +130,16 @@ def mirrored(out):
                                 arrays[f"{name}/{kind}/replica{i}/{key}"] = component.numpy()
             for key, value in tfl.get_weights(model).items():
                 arrays[f"{name}/{kind}/weight/{key}"] = value
+    for kind, strategy in (("loop_mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+                           ("loop_single", tf.distribute.get_strategy())):
+        model, opt = _train_loop(strategy, weights, tfl, keras, tf)
+        arrays[f"rigl/{kind}/updates"] = np.array(opt.method.engine.update_traces)
+        arrays[f"rigl/{kind}/last_step"] = np.array(opt.last_update()["step"])
+        for key, mask in tfl.get_masks(model).items():
+            arrays[f"rigl/{kind}/mask/{key}"] = mask
+            _replica_masks(model, key, arrays, f"rigl/{kind}", tfl)
+        for key, value in tfl.get_weights(model).items():
+            arrays[f"rigl/{kind}/weight/{key}"] = value
     np.savez(out, **arrays)
 
 
@@ -108,7 +157,10 @@ def multiworker(out):
     model, callback = _train(strategy, tfl.dst.RigL, None, tfl, keras, tf)
     masks = tfl.get_masks(model)
     weights = tfl.get_weights(model)
+    loop_model, _ = _train_loop(strategy, None, tfl, keras, tf)  # SparseOptimizer
+    loop_masks = tfl.get_masks(loop_model)
     result = {
+        "loop_mask_sha256": {k: _digest(v) for k, v in loop_masks.items()},
         "task": json.loads(os.environ["TF_CONFIG"])["task"]["index"],
         "replicas": strategy.num_replicas_in_sync,
         "updates": len(callback.history),

@@ -117,3 +117,44 @@ def test_not_prepared_error(tmp_path, name):
         assert "ILSVRC2012_img_train.tar" in message
         assert f"{tmp_path}/downloads/manual" in message
     assert not any(tmp_path.iterdir())  # nothing was downloaded or created
+
+
+def _crop_of(padded, out):
+    """The (top, left) of a 32x32 window of ``padded`` equal to ``out`` (or its mirror)."""
+    for flip in (False, True):
+        target = out[:, ::-1] if flip else out
+        for top in range(9):
+            for left in range(9):
+                if np.allclose(padded[top:top + 32, left:left + 32], target, atol=1e-5):
+                    return top, left, flip
+    return None
+
+
+@pytest.mark.parametrize("padding,standardise", [("zero", "dataset"), ("reflect", "per_image")])
+def test_cifar_preprocessing_recipes(padding, standardise):
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    mean, std = np.array(datasets.CIFAR10_MEAN), np.array(datasets.CIFAR10_STD)
+    if standardise == "per_image":
+        x = image.astype(np.float64)
+        expected = (x - x.mean()) / max(x.std(), 1 / np.sqrt(x.size))
+        # RigL's pad_input mirrors the 4 border rows, edge included: numpy's "symmetric".
+        padded = np.pad(expected, ((4, 4), (4, 4), (0, 0)), mode="symmetric")
+    else:
+        expected = (image / 255.0 - mean) / std
+        padded = (np.pad(image, ((4, 4), (4, 4), (0, 0))) / 255.0 - mean) / std
+    test = datasets._cifar(tf.constant(image), tf.constant([1, 2], tf.int64), False,
+                           datasets.CIFAR10_MEAN, datasets.CIFAR10_STD, padding, standardise)
+    np.testing.assert_allclose(test.numpy(), expected, atol=1e-5)
+    offsets = set()
+    for seed in range(12):
+        out = datasets._cifar(tf.constant(image), tf.constant([seed, 0], tf.int64), True,
+                              datasets.CIFAR10_MEAN, datasets.CIFAR10_STD, padding,
+                              standardise).numpy()
+        found = _crop_of(padded, out)
+        assert found is not None, seed
+        offsets.add(found)
+    assert len(offsets) > 3  # random crops and flips
+    with pytest.raises(ValueError, match="cifar_padding must be one of"):
+        datasets.get_dataset("digits", "train", 8, cifar_padding="mirror")
+    with pytest.raises(ValueError, match="cifar_standardise must be one of"):
+        datasets.get_dataset("digits", "train", 8, cifar_standardise="global")

@@ -2,9 +2,10 @@
 
 - MirroredStrategy over 2 logical CPU devices gives the same masks (exactly) and weights
   (to float tolerance) as 1 device with the same global batch, and both replicas hold
-  identical masks.
+  identical masks; through fit and through tfl.SparseOptimizer in a custom loop.
 - A 2-process MultiWorkerMirroredStrategy run on localhost completes and its workers end
-  with identical masks and weights.
+  with identical masks and weights; the same training through tfl.SparseOptimizer in a
+  custom loop gives the workers identical masks, equal to fit's.
 """
 import json
 import os
@@ -27,12 +28,18 @@ def _env(**extra):
     return env
 
 
-def test_mirrored_two_devices_match_one_device(tmp_path):
-    out = str(tmp_path / "mirrored.npz")
+@pytest.fixture(scope="module")
+def mirrored_run(tmp_path_factory):
+    """One helper process for both MirroredStrategy tests (fit and custom loop)."""
+    out = str(tmp_path_factory.mktemp("mirrored") / "mirrored.npz")
     proc = subprocess.run([sys.executable, HELPER, "mirrored", out], env=_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    data = np.load(out)
+    return np.load(out)
+
+
+def test_mirrored_two_devices_match_one_device(mirrored_run):
+    data = mirrored_run
     keys = sorted(k.split("/", 3)[3] for k in data.files if k.startswith("rigl/single/mask/"))
     assert keys == ["conv/kernel", "d1/kernel", "d2/kernel"]
     for method in ("rigl", "set"):
@@ -52,6 +59,23 @@ def test_mirrored_two_devices_match_one_device(tmp_path):
                                        data[f"{method}/single/weight/{key}"],
                                        rtol=1e-4, atol=1e-5)
         assert moved > 0
+
+
+def test_mirrored_custom_loop_matches_one_device_and_fit(mirrored_run):
+    """tfl.SparseOptimizer under strategy.run: replicas agree, and the masks equal the
+    one-device loop's and fit's (same data order and seed)."""
+    data = mirrored_run
+    keys = sorted(k.split("/", 3)[3] for k in data.files if k.startswith("rigl/single/mask/"))
+    assert int(data["rigl/loop_mirrored/updates"]) == 2  # traced once per replica
+    assert int(data["rigl/loop_mirrored/last_step"]) == 10
+    for key in keys:
+        mirrored = data[f"rigl/loop_mirrored/mask/{key}"]
+        np.testing.assert_array_equal(data[f"rigl/loop_mirrored/replica0/{key}"],
+                                      data[f"rigl/loop_mirrored/replica1/{key}"])
+        np.testing.assert_array_equal(mirrored, data[f"rigl/loop_single/mask/{key}"])
+        np.testing.assert_array_equal(mirrored, data[f"rigl/single/mask/{key}"])
+        np.testing.assert_allclose(data[f"rigl/loop_mirrored/weight/{key}"],
+                                   data[f"rigl/single/weight/{key}"], rtol=1e-4, atol=1e-5)
 
 
 def _free_port():
@@ -95,3 +119,6 @@ def test_multi_worker_mirrored_two_processes_agree(tmp_path):
     for key in first["weight_sum"]:
         assert first["weight_sum"][key] == pytest.approx(second["weight_sum"][key], rel=1e-6)
     assert first["mask_sha256"] != first["initial_mask_sha256"]  # the masks did move
+    # the custom loop with tfl.SparseOptimizer: the workers agree, and with fit
+    assert first["loop_mask_sha256"] == second["loop_mask_sha256"]
+    assert first["loop_mask_sha256"] == first["mask_sha256"]

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import tf_lottery as tfl
@@ -35,11 +35,11 @@ OPTIMIZERS = {
     "lion": lambda ema: keras.optimizers.Lion(0.001, use_ema=ema),
 }
 
-EVENTS = ["fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "snapshot", "rewind",
+EVENTS = ["fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "loop_rigl", "snapshot", "rewind",
           "rewind_live", "assign_dense", "restore_dense", "save", "restore", "save_h5",
           "load_h5"]
 # Events after which raw variables must be clean again: a training step or a tf-lottery call.
-CLEANING = {"fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "snapshot", "rewind",
+CLEANING = {"fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "loop_rigl", "snapshot", "rewind",
             "rewind_live"}
 
 
@@ -103,13 +103,27 @@ class _World:
             if self.mixed:  # the update callbacks refuse loss scaling (documented)
                 return
             if event == "gmp":
+                step = int(model.optimizer.iterations.numpy())
                 schedule = tfl._keras.tfmot.sparsity.keras.PolynomialDecay(
-                    0.5, 0.8, begin_step=0, end_step=4, frequency=1)
-                callback = tfl.GradualMagnitudePruning(schedule, total_steps=2)
+                    0.5, 0.8, begin_step=step, end_step=step + 2, frequency=1)
+                callback = tfl.GradualMagnitudePruning(schedule, total_steps=step + 2)
             else:
                 cls = tfl.RigL if event == "rigl" else tfl.SET
                 callback = cls(delta_t=1, alpha=0.3, total_steps=2)
             self.fit([callback])
+        elif event == "loop_rigl":  # a custom training loop through tfl.SparseOptimizer
+            if self.mixed:
+                return
+            optimizer = tfl.SparseOptimizer(model.optimizer, model,
+                                            tfl.RigL(delta_t=1, alpha=0.3, end_step=10 ** 6))
+            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            for start in (0, 8):
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(self.y[start:start + 8],
+                                   model(self.x[start:start + 8], training=True))
+                variables = model.trainable_variables
+                optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            optimizer.method.engine.release()
         elif event == "snapshot":
             self.snap = snapshot(model)
         elif event in ("rewind", "rewind_live"):
@@ -174,6 +188,7 @@ def test_masks_are_law_over_random_event_sequences(optimizer_name, tmp_path_fact
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck),
               phases=[Phase.explicit, Phase.generate])
+    @example(events=EVENTS, use_ema=True, regularise=True, seed=1)  # every event, every run
     @given(events=st.lists(st.sampled_from(EVENTS), min_size=3, max_size=7),
            use_ema=st.booleans(), regularise=st.booleans(), seed=st.integers(0, 1000))
     def run(events, use_ema, regularise, seed):

@@ -178,7 +178,9 @@ def test_refuses_to_clobber_a_different_run(data, tmp_path):
 
 
 def test_results_files_a_person_can_read(data, tmp_path):
-    imp, rows = run(data, tmp_path, controls=("reinit", "random_mask"))
+    (x, y), test = data
+    imp, rows = run(((x[:200], y[:200]), test), tmp_path, controls=("reinit", "random_mask"),
+                    validation_data=(x[200:], y[200:]), eval_every=2)
     folder = imp.output_dir
     summary = results.read_json(os.path.join(folder, "summary.json"))
     kinds = [(r["level"], r["kind"]) for r in summary["rows"]]
@@ -186,7 +188,8 @@ def test_results_files_a_person_can_read(data, tmp_path):
                      (2, "ticket"), (2, "reinit"), (2, "random_mask")]
     for row in summary["rows"]:
         assert 0.0 < row["remaining"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
-        assert row["early_stop_iteration"] is not None
+        assert row["early_stop_iteration"] in (2, 4, 5)  # every 2 iterations and the last
+        assert 0.0 <= row["early_stop_test_accuracy"] <= 1.0
     with open(os.path.join(folder, "summary.csv")) as f:
         table = list(csv.DictReader(f))
     assert [(int(r["level"]), r["kind"]) for r in table] == kinds

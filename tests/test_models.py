@@ -21,9 +21,11 @@ EXPECTED = {
     # (64,64,P,128,128,P,256,256,P, FC 256,256,10; 4x4x256 into FC1) gives 2.26M, as
     # Ramanujan et al. 2020 (Table 1: 2.3M) and their released code also count.
     "conv6": (CIFAR, 10, 2_262_602, 0.01, "Conv-6 layer list; Ramanujan et al. 2020: 2.3M"),
-    # Frankle & Carbin 2019 Fig. 2 ("Resnet-18"): 271K; open_lth's cifar_resnet_20
-    # (1x1 projection shortcuts) has 272,474 trainable parameters.
-    "resnet20": (CIFAR, 10, 272_000, 0.01, "Frankle & Carbin 2019 Fig. 2: 271K"),
+    # 272,474 trainable parameters, as open_lth's cifar_resnet_20 (1x1 projection
+    # shortcuts); Frankle & Carbin 2019's Fig. 2 table rounds its "Resnet-18" to 271K.
+    "resnet20": (CIFAR, 10, 272_474 + 1_568, 0.0, "open_lth cifar_resnet_20: 272,474"),
+    # open_lth cifar_vgg_16 (conv bias, BatchNorm): 14.7M (Frankle et al. 2020, Table 1).
+    "vgg16": (CIFAR, 10, 14_728_266 + 8_448, 0.0, "open_lth cifar_vgg_16: 14.7M"),
     # Liu et al. 2019 (Rethinking the value of network pruning), Table: 20.04M.
     "vgg19": (CIFAR, 10, 20_040_000, 0.01, "Liu et al. 2019: 20.04M"),
     # Zagoruyko & Komodakis 2016 WRN-22-2 / Evci et al. 2020 (RigL): ~1.1M.
@@ -61,6 +63,7 @@ def test_param_count(built, name):
 def test_exact_trainable_counts(built):
     # Exact architecture checks (trainable parameters) against reference implementations.
     assert _trainable(built["resnet20"]) == 272_474      # open_lth cifar_resnet_20
+    assert _trainable(built["vgg16"]) == 14_728_266      # open_lth cifar_vgg_16
     assert _trainable(built["vgg19"]) == 20_035_018      # Liu et al. 2019 VGG-19 (CIFAR)
     assert _trainable(built["resnet50"]) == 25_557_032   # torchvision resnet50
     assert _trainable(built["mobilenet_v1"]) == 4_231_976  # Keras applications MobileNet
@@ -108,6 +111,24 @@ def test_weight_decay_adds_l2_losses_in_sgd_convention():
     expected = 0.5 * 1e-4 * np.sum(kernel ** 2)
     np.testing.assert_allclose(model.get_layer("fc1").losses[0].numpy(), expected, rtol=1e-5)
     assert not models.lenet_300_100().losses
+
+
+def test_activations_and_dropout_follow_the_references(built):
+    # RigL's MobileNet-v1 (rigl/imagenet_resnet/mobilenetv1_model.py) uses ReLU, not ReLU6.
+    relus = [l for l in built["mobilenet_v1"].layers if isinstance(l, keras.layers.ReLU)]
+    assert len(relus) == 27 and all(l.max_value is None for l in relus)
+    # RigL's WRN (rigl/cifar_resnet/resnet_model.py, droprate=0.3): one Dropout between
+    # the two 3x3 convs of each of the 9 blocks.
+    model = built["wrn_22_2"]
+    drops = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    assert [(l.name, l.rate) for l in drops] == [
+        (f"group{g}_block{b}_dropout", 0.3) for g in (1, 2, 3) for b in (1, 2, 3)]
+    for layer in drops:
+        block = layer.name[:-len("_dropout")]
+        assert layer.input.node.layer.name == f"{block}_relu2"
+        assert model.get_layer(f"{block}_conv2").input.node.layer is layer
+    assert not [l for l in models.wrn_22_2(dropout=0.0).layers
+                if isinstance(l, keras.layers.Dropout)]
 
 
 def test_forward_pass_small_models():

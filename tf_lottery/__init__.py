@@ -11,7 +11,8 @@
 - lottery tickets: ``tfl.IterativeMagnitudePruning`` / ``tfl.run_imp``,
   ``tfl.RewindCheckpoint`` and ``tfl.rewind``, ``tfl.WarmupStepDecay``;
 - dynamic sparse training callbacks: ``tfl.RigL``, ``tfl.SET``, ``tfl.SNFS``,
-  ``tfl.StaticSparse``, ``tfl.GradualMagnitudePruning``; ``tfl.plot_layer_sparsity``;
+  ``tfl.StaticSparse``, ``tfl.GradualMagnitudePruning``; ``tfl.SparseOptimizer`` runs them in
+  any training loop; ``tfl.plot_layer_sparsity``;
 - ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
   and sparse TFLite, sizes, FLOPs and latency;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
@@ -29,13 +30,14 @@ from tf_lottery.training.schedules import WarmupStepDecay
 from tf_lottery.training.train import train
 from tf_lottery.plots import plot_accuracy_vs_remaining, plot_layer_sparsity
 from tf_lottery import dst  # noqa: F401
-from tf_lottery.dst import GradualMagnitudePruning, RigL, SET, SNFS, StaticSparse
+from tf_lottery.dst import GradualMagnitudePruning, RigL, SET, SNFS, SparseOptimizer, StaticSparse
 from tf_lottery import lottery  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradualMagnitudePruning", "RigL", "SET", "SNFS", "StaticSparse", "plot_layer_sparsity",
+    "GradualMagnitudePruning", "RigL", "SET", "SNFS", "SparseOptimizer", "StaticSparse",
+    "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "export", "rewind", "run_imp", "train",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",

@@ -1,9 +1,18 @@
 """Dynamic sparse training: RigL, SET, SNFS, static sparse and gradual magnitude pruning
-as tf_keras callbacks over the masked layers (see ``tf_lottery.dst.callback``)."""
+over the masked layers, as tf_keras callbacks (``model.fit``) or through
+``SparseOptimizer`` in any training loop.
+
+Modules: ``updaters`` (drop/grow rules, pure tensor math), ``schedules`` (drop fraction),
+``engine`` (the in-graph step and mask update), ``methods`` (the method classes),
+``callback`` (fit plumbing and logging), ``optimizer`` (the optimizer wrapper).
+"""
 from tf_lottery.dst import schedules, updaters  # noqa: F401
-from tf_lottery.dst.callback import (GradualMagnitudePruning, MaskUpdateCallback, RigL, SET,
-                                     SNFS, StaticSparse)
+from tf_lottery.dst.callback import MaskUpdateCallback
+from tf_lottery.dst.engine import MaskUpdateEngine
+from tf_lottery.dst.methods import GradualMagnitudePruning, RigL, SET, SNFS, StaticSparse
+from tf_lottery.dst.optimizer import SparseOptimizer
 from tf_lottery.masking.state import optimizer_slots
 
-__all__ = ["GradualMagnitudePruning", "MaskUpdateCallback", "RigL", "SET", "SNFS",
-           "StaticSparse", "optimizer_slots", "schedules", "updaters"]
+__all__ = ["GradualMagnitudePruning", "MaskUpdateCallback", "MaskUpdateEngine", "RigL", "SET",
+           "SNFS", "SparseOptimizer", "StaticSparse", "optimizer_slots", "schedules",
+           "updaters"]

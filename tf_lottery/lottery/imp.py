@@ -31,6 +31,7 @@ import numpy as np
 from tf_lottery._io import gfile, local_copy
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import results
+from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
@@ -72,28 +73,6 @@ def _fingerprint(data):
     arrays = [np.asarray(a) for a in data]
     return {"shapes": [list(a.shape) for a in arrays],
             "sha256": results.digest(arrays, max_bytes=1 << 24)}
-
-
-class _History(keras.callbacks.Callback):
-    """Validation curve (iteration, loss, accuracy) and the stop at a fixed iteration."""
-
-    def __init__(self, iterations: int):
-        super().__init__()
-        self._supports_tf_logs = True
-        self.iterations, self.done = iterations, 0
-        self.curve: List[dict] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.done += 1
-        if self.done >= self.iterations:
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if "val_loss" in logs:
-            self.curve.append({"iteration": int(self.model.optimizer.iterations.numpy()),
-                               "val_loss": float(logs["val_loss"]),
-                               "val_accuracy": float(logs.get("val_accuracy", np.nan))})
 
 
 def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
@@ -161,8 +140,14 @@ class IterativeMagnitudePruning:
       epochs: training length T of one level, in epochs of ``train_data``.
       batch_size: for numpy data.
       steps_per_epoch: for datasets of unknown length.
-      validation_data: for the validation curve and early-stopping iteration (the
-        iteration of minimum validation loss); defaults to ``test_data``.
+      validation_data: ``(x, y)`` arrays or a batched dataset held out of the TRAINING
+        data (never the test set), for the validation curve and the early-stopping
+        iteration (the iteration of minimum validation loss, Frankle & Carbin 2019);
+        None trains without validation (no early-stopping figures).
+      eval_every: validate every this many iterations (and at the last one); 100 as
+        Frankle & Carbin's code (``test_interval``).
+      validation_note: a description of the validation data (e.g. which split it was
+        held out of), kept in ``run.json`` and ``summary.json``.
       levels: number of levels including the dense level 0.
       fraction: fraction of the surviving weights pruned per level (0.2: level i keeps
         0.8^i).
@@ -196,7 +181,9 @@ class IterativeMagnitudePruning:
     def __init__(self, model_fn: Callable, train_data, test_data, optimizer_fn: Callable,
                  loss=None, metrics: Sequence = ("accuracy",), epochs: int = 10,
                  batch_size: Optional[int] = 60, steps_per_epoch: Optional[int] = None,
-                 validation_data=None, levels: int = 20, fraction: float = 0.2,
+                 validation_data=None, eval_every: int = 100,
+                 validation_note: Optional[str] = None, levels: int = 20,
+                 fraction: float = 0.2,
                  output_fraction: Optional[float] = None,
                  layer_fractions: Optional[Mapping[str, float]] = None,
                  scope: str = "layerwise", rewind_step=0, controls: Sequence[str] = (),
@@ -223,8 +210,14 @@ class IterativeMagnitudePruning:
                                  f"pruned per level), got {value}")
         self.model_fn, self.optimizer_fn = model_fn, optimizer_fn
         self.train_data, self.test_data = train_data, test_data
-        self.validation_data = validation_data if validation_data is not None else test_data
+        if int(eval_every) < 1:
+            raise ValueError(f"eval_every must be >= 1 iteration, got {eval_every}")
+        self.validation_data, self.eval_every = validation_data, int(eval_every)
+        self.validation_note = validation_note
         self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self._evaluator = (None if validation_data is None
+                           else Evaluator(validation_data, self.loss))
+        self._test_evaluator = None
         self.metrics = list(metrics)
         self.epochs, self.batch_size = int(epochs), batch_size
         self.steps_per_epoch = steps_per_epoch or self._steps_per_epoch(train_data)
@@ -260,6 +253,7 @@ class IterativeMagnitudePruning:
             "train_data": _fingerprint(self.train_data),
             "test_data": _fingerprint(self.test_data),
             "validation_data": _fingerprint(self.validation_data),
+            "validation_note": self.validation_note, "eval_every": self.eval_every,
             "epochs": self.epochs, "batch_size": self.batch_size,
             "steps_per_epoch": self.steps_per_epoch, "levels": self.levels,
             "fraction": self.fraction, "output_fraction": self.output_fraction,
@@ -314,11 +308,10 @@ class IterativeMagnitudePruning:
         optimizer = self.optimizer_fn()
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics)
         optimizer.iterations.assign(start)
-        history = _History(self.total - self.k)
+        history = ValidationCurve(self.total - self.k, self._evaluator, self.eval_every)
         epochs = int(math.ceil((self.total - self.k) / self.steps_per_epoch))
         t0 = time.perf_counter()
         fit_data = self._data_args(self.train_data)
-        fit_data["validation_data"] = self.validation_data
         if isinstance(self.train_data, tf.data.Dataset):
             fit_data["x"] = self.train_data.repeat()
             fit_data["steps_per_epoch"] = self.steps_per_epoch
@@ -327,21 +320,38 @@ class IterativeMagnitudePruning:
                   callbacks=[history, *extra_callbacks, *self.callbacks])
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = model.evaluate(**self._data_args(self.test_data), verbose=0, return_dict=True)
+        accuracy, test_loss = self._test(model)
+        best = history.best
+        early_accuracy = None
+        if best is not None:
+            early_accuracy = accuracy
+            if best is not history.curve[-1]:  # test the weights of the early-stopping point
+                if self._test_evaluator is None:
+                    self._test_evaluator = Evaluator(self.test_data, self.loss)
+                final = model.get_weights()
+                model.set_weights(history.best_weights)
+                early_accuracy = self._test_evaluator(model)["accuracy"]
+                model.set_weights(final)
         eval_seconds = time.perf_counter() - t0
-        accuracy = next((v for k, v in scores.items() if "acc" in k), None)
-        if accuracy is None:
-            raise ValueError("IMP needs an accuracy metric: pass metrics=('accuracy',)")
-        best = min(history.curve, key=lambda p: p["val_loss"]) if history.curve else None
         masks = get_masks(model)
         return {
             "level": level, "kind": kind, "remaining": remaining(masks),
-            "test_accuracy": float(accuracy), "test_loss": float(scores.get("loss", np.nan)),
-            "best_val_accuracy": max((p["val_accuracy"] for p in history.curve), default=None),
+            "test_accuracy": accuracy, "test_loss": test_loss,
             "early_stop_iteration": None if best is None else best["iteration"],
+            "early_stop_test_accuracy": early_accuracy,
+            "early_stop_val_loss": None if best is None else best["val_loss"],
+            "best_val_accuracy": max((p["val_accuracy"] for p in history.curve), default=None),
             "iterations": int(optimizer.iterations.numpy()) - start,
             "fit_seconds": fit_seconds, "eval_seconds": eval_seconds, "curve": history.curve,
         }
+
+    def _test(self, model):
+        """(test accuracy, test loss) of ``model`` as it is."""
+        scores = model.evaluate(**self._data_args(self.test_data), verbose=0, return_dict=True)
+        accuracy = next((v for k, v in scores.items() if "acc" in k), None)
+        if accuracy is None:
+            raise ValueError("IMP needs an accuracy metric: pass metrics=('accuracy',)")
+        return float(accuracy), float(scores.get("loss", np.nan))
 
     def _control(self, kind: str):
         """The model of a control (built once) and the weights it restarts from."""
@@ -380,8 +390,11 @@ class IterativeMagnitudePruning:
         """Runs (or resumes) every level; returns the summary rows (one per level and kind).
 
         Each row has ``level``, ``kind``, ``remaining`` (fraction of prunable weights left),
-        ``test_accuracy`` (0..1), ``best_val_accuracy``, ``early_stop_iteration``,
-        ``iterations``, ``fit_seconds`` and ``wall_seconds``. A finished run in
+        ``test_accuracy`` (0..1, at the end of training), ``early_stop_iteration`` (the
+        optimizer iteration of minimum validation loss), ``early_stop_test_accuracy`` (the
+        test accuracy of the weights at that iteration), ``early_stop_val_loss``,
+        ``best_val_accuracy`` (the early-stopping figures are None without validation
+        data), ``iterations``, ``fit_seconds`` and ``wall_seconds``. A finished run in
         ``output_dir`` is read back, and nothing in the folder is written again.
         """
         if self.deterministic:
@@ -485,6 +498,8 @@ class IterativeMagnitudePruning:
                 tf.summary.scalar("percent_remaining", 100 * r["remaining"])
                 if r["best_val_accuracy"] is not None:
                     tf.summary.scalar("best_val_accuracy", r["best_val_accuracy"])
+                    tf.summary.scalar("early_stop_test_accuracy", r["early_stop_test_accuracy"])
+                    tf.summary.scalar("early_stop_iteration", r["early_stop_iteration"])
             writer.flush()
 
     def _finish(self, folder, rows) -> List[dict]:

@@ -34,8 +34,9 @@ from tf_lottery._io import atomic_write, gfile, is_local, move_aside, read_bytes
 
 log = logging.getLogger("tf_lottery")
 
-SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "best_val_accuracy",
-                "early_stop_iteration", "iterations", "fit_seconds", "wall_seconds")
+SUMMARY_KEYS = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration",
+                "early_stop_test_accuracy", "early_stop_val_loss", "best_val_accuracy",
+                "iterations", "fit_seconds", "wall_seconds")
 
 
 def write_json(path: str, data) -> None:
@@ -242,11 +243,16 @@ class RunDirectory:
         return rows
 
     def write_summary(self, rows: List[Mapping], wall_seconds: Optional[float] = None) -> None:
-        """``summary.json`` (config, rows, total wall time, the machine and TensorFlow
-        build that ran it) and ``summary.csv`` (the rows)."""
-        write_json(self.file("summary.json"), {
-            "config": self.config, "rows": list(rows), "wall_seconds": wall_seconds,
-            "environment": environment()})
+        """``summary.json`` (config, how it validated, rows, total wall time, the machine
+        and TensorFlow build that ran it) and ``summary.csv`` (the rows)."""
+        summary = {"config": self.config}
+        if "validation_note" in self.config:
+            summary["validation"] = {"data": self.config["validation_note"],
+                                     "eval_every": self.config.get("eval_every")}
+        summary["rows"] = list(rows)
+        summary["wall_seconds"] = wall_seconds
+        summary["environment"] = environment()
+        write_json(self.file("summary.json"), summary)
         write_csv(self.file("summary.csv"), list(rows))
 
 

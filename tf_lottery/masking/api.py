@@ -129,12 +129,17 @@ def _clone(model, clone_function):
     return keras.models.clone_model(model, clone_function=recurse)
 
 
-def _check_traversable(model):
+def _check_traversable(model, allow_wrapped: bool = False) -> bool:
+    """True for a subclassed model when ``allow_wrapped`` (its layers are wrapped by the
+    user); raises TypeError for a subclassed model otherwise; False for the others."""
     if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        if allow_wrapped:
+            return True
         raise TypeError(
             f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild; use "
             "the Sequential or functional API, or wrap its layers yourself with "
             "tfl.MaskedLayer(layer) inside the model")
+    return False
 
 
 def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str = "random",
@@ -147,7 +152,10 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     ``tfmot.sparsity.keras.prune_low_magnitude`` does; masked weights become 0.
 
     Args:
-      model: a built Sequential or functional tf_keras model (nested models are fine).
+      model: a built Sequential or functional tf_keras model (nested models are fine),
+        or a built subclassed model whose prunable layers are ``tfl.MaskedLayer``s
+        (``self.fc = tfl.MaskedLayer(keras.layers.Dense(10))``): its masks are drawn in
+        place and the model itself is returned.
       sparsity: overall fraction of zeros over the layers not pinned, in [0, 1).
       distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one magnitude
         threshold over all unpinned weights; needs ``mask_init="magnitude"``).
@@ -168,7 +176,7 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
       The sparsified model (not compiled).
     """
     _check_model(model)
-    _check_traversable(model)
+    in_place = _check_traversable(model, allow_wrapped=True)
     if mask_init not in MASK_INITS:
         raise ValueError(f"unknown mask_init {mask_init!r}; use one of {MASK_INITS}")
     if distribution not in distributions.METHODS + ("global",):
@@ -179,7 +187,21 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
                          "pass mask_init='magnitude'")
     unsupported: List = []
     units = _units(model, unsupported)
-    if any(isinstance(u.layer, MaskedLayer) for u in units):
+    if in_place:
+        plain = sorted({u.layer.name for u in units if not isinstance(u.layer, MaskedLayer)
+                        and u.layer.name not in set(dense_layers or ())
+                        and type(u.layer).__name__ not in set(dense_layers or ())})
+        unwrapped = {u.layer.name for u in units if not isinstance(u.layer, MaskedLayer)}
+        units = [u for u in units if isinstance(u.layer, MaskedLayer)]
+        dense_layers = [n for n in (dense_layers or ()) if n not in unwrapped]
+        if plain or not units:
+            raise TypeError(
+                f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild, "
+                f"and its prunable layers {plain} are not wrapped; use the Sequential or "
+                "functional API, or wrap them yourself inside the model (self.fc = "
+                "tfl.MaskedLayer(keras.layers.Dense(...))), build it, then call tfl.sparsify "
+                "on it to draw the masks in place")
+    elif any(isinstance(u.layer, MaskedLayer) for u in units):
         raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
                          "tfl.set_masks, or tfl.strip it first")
     _require_units(model, units)
@@ -202,6 +224,9 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         rng = np.random.default_rng(agreement.chief_seed(seed, strategy))
         masks = {u.key: selection.random_mask(u.shape, sparsities[u.key], rng) for u in units}
 
+    if in_place:
+        set_masks(model, masks)
+        return model
     to_wrap = {id(u.layer) for u in units}
     wrapped = _clone(model, lambda layer: MaskedLayer(layer) if id(layer) in to_wrap else layer)
     set_masks(wrapped, masks)

@@ -230,9 +230,14 @@ class MaskedLayer(_PruneLowMagnitude):
         dL/d(weight * mask) for this layer's masked weights (RigL's grow criterion);
         otherwise ``upstream * mask``. Set it before the training function is traced;
         ``None`` removes it. Whoever sets a gate must mask the gradients before an
-        optimizer applies them.
+        optimizer applies them. The gate is not a weight of the layer (``get_weights`` and
+        h5 files are unchanged); it is a checkpoint dependency, so a SavedModel of the live
+        model, whose traced gradient reads it, still saves.
         """
-        self._gradient_gate = gate
+        object.__setattr__(self, "_gradient_gate", gate)  # not a Keras-tracked weight
+        if gate is not None:
+            # no public API tracks a variable on a Keras layer without making it a weight
+            self._track_trackable(gate, name="dst_gradient_gate", overwrite=True)
 
     @property
     def weight_names(self) -> List[str]:

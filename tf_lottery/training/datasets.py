@@ -9,9 +9,15 @@ random tensors of any shape, for benchmarks only).
 
 Preprocessing follows the papers:
   mnist, digits: pixels scaled to [0, 1].
-  cifar10/100: train: zero-pad 4, random 32x32 crop, random horizontal flip; all
-    splits: scaled to [0, 1], then per-channel standardised with the training
-    set's mean/std.
+  cifar10/100: train: pad 4, random 32x32 crop, random horizontal flip. Two recipes
+    (``get_dataset.cifar_padding`` / ``cifar_standardise``):
+    - ``'zero'`` / ``'dataset'`` (default; open_lth, ``datasets/cifar10.py``): zero-pad
+      the uint8 image, then scale to [0, 1] and standardise each channel with the
+      training set's mean/std (all splits);
+    - ``'reflect'`` / ``'per_image'`` (the RigL reference, ``rigl/cifar_resnet/
+      data_helper.py``): ``tf.image.per_image_standardization`` of every image (all
+      splits), then pad by mirroring the 4 border rows and columns (its ``pad_input``,
+      ``tf.pad`` mode ``SYMMETRIC``).
   imagenet2012: train: Inception-style random-resized crop (area 8-100%, aspect
     3/4-4/3) to 224 and random flip; eval: resize the shorter side to 256, center
     crop 224; both standardised with the ImageNet mean/std.
@@ -21,6 +27,7 @@ the same seed gives the same stream of batches; each pass over a dataset gets a
 new (but equally reproducible) order and augmentation.
 """
 import functools
+import re
 from typing import NamedTuple, Optional, Tuple
 
 import gin
@@ -36,6 +43,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_TRAIN_SIZE = 224
 IMAGENET_RESIZE = 256
+
+CIFAR_PADDINGS = ("zero", "reflect")
+CIFAR_STANDARDISATIONS = ("dataset", "per_image")
 
 SYNTHETIC_DEFAULTS = dict(input_shape=(32, 32, 3), num_classes=10, num_examples=1024)
 
@@ -105,6 +115,39 @@ def load_digits_arrays():
     return x_train.copy(), y_train.copy(), x_test.copy(), y_test.copy()
 
 
+def _slice(split: str, n: int) -> slice:
+    """``"train"``, ``"train[:90%]"``, ``"train[1131:]"``, ... -> a slice of n examples
+    (percent boundaries rounded to the nearest example, as tfds does)."""
+    match = re.fullmatch(r"\s*(train|test)\s*(?:\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\])?\s*",
+                         split)
+    if not match:
+        raise ValueError(f"dataset 'digits' takes splits 'train' and 'test', optionally sliced "
+                         f"like 'train[:90%]' or 'train[1131:]', got {split!r}")
+
+    def bound(text):
+        if text is None:
+            return None
+        if text.endswith("%"):
+            return int(round(n * int(text[:-1]) / 100))
+        return int(text)
+
+    return slice(bound(match.group(2)), bound(match.group(3)))
+
+
+def digits_split(split: str):
+    """The digits arrays of ``split`` (``"train"``, ``"test"`` or a slice of one of them,
+    ``"train[:90%]"``, ``"train[90%:]"``): ``(images float32 (N, 8, 8, 1), labels int32)``.
+
+    Slices index the fixed stratified split, whose order is already shuffled, so
+    ``"train[90%:]"`` is a random tenth of the training images (126 of 1,257).
+    """
+    x_train, y_train, x_test, y_test = load_digits_arrays()
+    name = split.strip().split("[", 1)[0].strip()
+    x, y = (x_train, y_train) if name == "train" else (x_test, y_test)
+    part = _slice(split, len(x))
+    return x[part], y[part]
+
+
 def _synthetic_options(options) -> dict:
     unknown = set(options) - set(SYNTHETIC_DEFAULTS)
     if unknown:
@@ -171,13 +214,21 @@ def _standardise(image, mean, std):
     return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def _cifar(image, seed, training: bool, mean, std):
+def _cifar(image, seed, training: bool, mean, std, padding: str = "zero",
+           standardise: str = "dataset"):
+    """One CIFAR image, uint8 (32, 32, 3) -> float32: augmented when ``training``, then
+    standardised (see the module doc for the two recipes)."""
+    if standardise == "per_image":
+        image = tf.image.per_image_standardization(tf.cast(image, tf.float32))
     if training:
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         size = tf.shape(image)
-        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+        mode = "SYMMETRIC" if padding == "reflect" else "CONSTANT"
+        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode=mode)
         image = tf.image.stateless_random_crop(image, size, crop_seed)
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if standardise == "per_image":
+        return image
     return _standardise(image, mean, std)
 
 
@@ -209,14 +260,15 @@ def _imagenet(encoded, seed, training: bool):
     return ((image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD))
 
 
-def _preprocess_fn(name: str, training: bool):
+def _preprocess_fn(name: str, training: bool, cifar_padding: str = "zero",
+                   cifar_standardise: str = "dataset"):
     """(image, label, per-example seed (2,) int64) -> (image float32, label int32)."""
     if name in ("cifar10", "cifar100"):
         mean, std = ((CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10"
                      else (CIFAR100_MEAN, CIFAR100_STD))
 
         def image_fn(image, seed):
-            return _cifar(image, seed, training, mean, std)
+            return _cifar(image, seed, training, mean, std, cifar_padding, cifar_standardise)
     elif name == "imagenet2012":
         def image_fn(image, seed):
             return _imagenet(image, seed, training)
@@ -243,14 +295,15 @@ def get_dataset(name: str, split: str, batch_size: int, data_dir: Optional[str] 
                 augment: Optional[bool] = None, drop_remainder: bool = False,
                 shuffle_buffer: int = 10_000, cache: Optional[bool] = None,
                 input_context: Optional[tf.distribute.InputContext] = None,
+                cifar_padding: str = "zero", cifar_standardise: str = "dataset",
                 **synthetic_options) -> tf.data.Dataset:
     """A batched, prefetched dataset of ``(image float32 (B, H, W, C), label int32 (B,))``.
 
     Args:
       name: one of ``DATASETS``.
       split: ``"train"`` or ``"test"``; tfds datasets also take any tfds split string
-        (``"train[:90%]"``). For imagenet2012, ``"test"`` means the labelled
-        ``"validation"`` split.
+        (``"train[:90%]"``), digits takes slices ``"train[:90%]"``, ``"train[1131:]"``.
+        For imagenet2012, ``"test"`` means the labelled ``"validation"`` split.
       batch_size: global batch size (per replica when ``input_context`` is given, it is
         divided by the number of replicas).
       data_dir: tensorflow_datasets data directory (None: tfds's default,
@@ -266,6 +319,10 @@ def get_dataset(name: str, split: str, batch_size: int, data_dir: Optional[str] 
         synthetic.
       input_context: from ``strategy.distribute_datasets_from_function``: shard the data
         across input pipelines and batch per replica.
+      cifar_padding: ``"zero"`` or ``"reflect"``: how cifar10/100 training images are
+        padded before the random crop (see the module doc).
+      cifar_standardise: ``"dataset"`` (per-channel mean/std of the training set) or
+        ``"per_image"`` (``tf.image.per_image_standardization``), for cifar10/100.
       **synthetic_options: ``input_shape``, ``num_classes``, ``num_examples`` of the
         synthetic dataset (defaults in ``SYNTHETIC_DEFAULTS``).
 
@@ -278,17 +335,20 @@ def get_dataset(name: str, split: str, batch_size: int, data_dir: Optional[str] 
     if synthetic_options and name != "synthetic":
         raise TypeError(f"dataset {name!r} takes no options {sorted(synthetic_options)}")
     training = _is_training_split(split)
-    if name in ("digits", "synthetic") and split not in ("train", "test"):
+    if name == "synthetic" and split not in ("train", "test"):
         raise ValueError(f"dataset {name!r} has splits 'train' and 'test', got {split!r}")
+    if cifar_padding not in CIFAR_PADDINGS:
+        raise ValueError(f"cifar_padding must be one of {CIFAR_PADDINGS}, got {cifar_padding!r}")
+    if cifar_standardise not in CIFAR_STANDARDISATIONS:
+        raise ValueError(f"cifar_standardise must be one of {CIFAR_STANDARDISATIONS}, got "
+                         f"{cifar_standardise!r}")
 
     if name in TFDS_DATASETS:
         tfds_split = "validation" if name == "imagenet2012" and split == "test" else split
         ds = _tfds(name, tfds_split, data_dir, shuffle, seed, input_context)
     else:
         if name == "digits":
-            x_train, y_train, x_test, y_test = load_digits_arrays()
-            arrays = (x_train, y_train) if training else (x_test, y_test)
-            ds = tf.data.Dataset.from_tensor_slices(arrays)
+            ds = tf.data.Dataset.from_tensor_slices(digits_split(split))
         else:
             ds = _synthetic(split, seed, **_synthetic_options(synthetic_options))
             shuffle = False
@@ -305,7 +365,8 @@ def get_dataset(name: str, split: str, batch_size: int, data_dir: Optional[str] 
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    preprocess = _preprocess_fn(name, training if augment is None else augment)
+    preprocess = _preprocess_fn(name, training if augment is None else augment,
+                                cifar_padding, cifar_standardise)
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(
         lambda r: tf.stack([r, tf.constant(seed, tf.int64)]))
     ds = tf.data.Dataset.zip((ds, keys)).map(

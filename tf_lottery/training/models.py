@@ -20,6 +20,9 @@ Options shared by the builders:
     it, so theta_0 is the same in every build. None draws fresh values.
   kernel_initializer: Keras initializer identifier for Conv2D/Dense/Depthwise kernels.
   bn_momentum: BatchNormalization moving-average momentum (0.9, as PyTorch's 0.1).
+  bn_init: initial BatchNormalization scale (ResNet-20, VGG): ``"ones"``, or
+    ``"uniform"``, drawn from U(0, 1) as open_lth's ``batchnorm_init='uniform'``
+    (``models/bn_initializers.py``) for the networks of Frankle et al. 2020.
 """
 from typing import Callable, Dict, Optional, Sequence
 
@@ -38,12 +41,15 @@ class _Layers:
 
     def __init__(self, kernel_initializer="he_normal", weight_decay: float = 0.0,
                  seed: Optional[int] = None, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5):
+                 bn_epsilon: float = 1e-5, bn_init: str = "ones"):
         self._initializer = kernel_initializer
         self._regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
         self._seed = seed
         self._count = 0
         self._bn = dict(momentum=bn_momentum, epsilon=bn_epsilon)
+        if bn_init not in ("ones", "uniform"):
+            raise ValueError(f"bn_init must be 'ones' or 'uniform', got {bn_init!r}")
+        self._bn_init = bn_init
 
     def _next_seed(self) -> Optional[int]:
         if self._seed is None:
@@ -89,8 +95,11 @@ class _Layers:
 
     def bn(self, x, name: str, zero_gamma: bool = False):
         """BatchNormalization; ``zero_gamma`` starts its scale at 0 (residual branch ends)."""
+        gamma = "zeros" if zero_gamma else "ones"
+        if not zero_gamma and self._bn_init == "uniform":
+            gamma = keras.initializers.RandomUniform(0.0, 1.0, seed=self._next_seed())
         return keras.layers.BatchNormalization(
-            gamma_initializer="zeros" if zero_gamma else "ones", name=name, **self._bn)(x)
+            gamma_initializer=gamma, name=name, **self._bn)(x)
 
     def dropout(self, x, rate: float, name: str):
         if not rate:
@@ -98,8 +107,8 @@ class _Layers:
         return keras.layers.Dropout(rate, seed=self._next_seed(), name=name)(x)
 
 
-def _relu(x, name: str, max_value: Optional[float] = None):
-    return keras.layers.ReLU(max_value=max_value, name=name)(x)
+def _relu(x, name: str):
+    return keras.layers.ReLU(name=name)(x)
 
 
 def _head(layers: _Layers, x, num_classes: int):
@@ -179,14 +188,17 @@ def _basic_block(layers: _Layers, x, filters: int, strides: int, name: str, zero
 @gin.configurable
 def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
              kernel_initializer="he_normal", bn_momentum=0.9,
-             zero_init_residual=False) -> keras.Model:
-    """CIFAR ResNet-20 (He et al. 2016; Frankle & Carbin's "Resnet-18", 271K weights).
+             zero_init_residual=False, bn_init="ones") -> keras.Model:
+    """CIFAR ResNet-20 (He et al. 2016; Frankle & Carbin's "Resnet-18", whose table says 271K).
+
+    272,474 trainable parameters on CIFAR-10, as open_lth's ``cifar_resnet_20``
+    (``models/cifar_resnet.py``; 1x1 projection shortcuts).
 
     3x3 conv 16, then 3 stages of 3 basic blocks with 16/32/64 filters (stride 2 at the
     start of stages 2 and 3, 1x1 projection shortcuts), global average pool, logits.
     ``zero_init_residual`` starts each block's last BN scale at 0.
     """
-    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
+    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
     inputs = keras.Input(input_shape, name="image")
     x = _relu(layers.bn(layers.conv(inputs, 16, 3, "conv1"), "bn1"), "relu1")
     for stage, filters in enumerate((16, 32, 64), start=1):
@@ -197,31 +209,57 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=Non
     return keras.Model(inputs, _head(layers, x, num_classes), name="resnet20")
 
 
-_VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-          512, 512, 512, 512, "M", 512, 512, 512, 512)
+_VGG = {
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+         512, 512, 512, 512, "M", 512, 512, 512, 512),
+}
+
+
+def _vgg(depth: int, input_shape, num_classes, weight_decay, seed, kernel_initializer,
+         bn_momentum, use_bias: bool, bn_init: str) -> keras.Model:
+    """CIFAR VGG: 3x3 convs (conv-BN-ReLU) in ``_VGG[depth]`` (M: 2x2 max pool), global
+    average pool, one Dense(num_classes)."""
+    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
+    inputs = keras.Input(input_shape, name="image")
+    x, conv, pool = inputs, 0, 0
+    for width in _VGG[depth]:
+        if width == "M":
+            pool += 1
+            x = keras.layers.MaxPool2D(2, name=f"pool{pool}")(x)
+        else:
+            conv += 1
+            x = layers.conv(x, width, 3, f"conv{conv}", use_bias=use_bias)
+            x = _relu(layers.bn(x, f"bn{conv}"), f"relu{conv}")
+    return keras.Model(inputs, _head(layers, x, num_classes), name=f"vgg{depth}")
+
+
+@gin.configurable
+def vgg16(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
+          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=True,
+          bn_init="ones") -> keras.Model:
+    """VGG-16 for CIFAR as open_lth's ``cifar_vgg_16`` (``models/cifar_vgg.py``), the
+    VGG-16 of Frankle et al. 2020: 13 convs 64,64,M,128,128,M,256x3,M,512x3,M,512x3
+    (with bias, as open_lth's ``nn.Conv2d``), global average pool, one Dense.
+
+    14,728,266 trainable parameters on CIFAR-10 (14.7M).
+    """
+    return _vgg(16, input_shape, num_classes, weight_decay, seed, kernel_initializer,
+                bn_momentum, use_bias, bn_init)
 
 
 @gin.configurable
 def vgg19(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
-          kernel_initializer="he_normal", bn_momentum=0.9) -> keras.Model:
+          kernel_initializer="he_normal", bn_momentum=0.9, use_bias=False,
+          bn_init="ones") -> keras.Model:
     """VGG-19 for CIFAR as in Liu et al. 2019 (~20.0M parameters on CIFAR-10).
 
     16 3x3 convs (conv-BN-ReLU, no bias) in the configuration
     64,64,M,128,128,M,256x4,M,512x4,M,512x4 (M: 2x2 max pool), global average pool,
     one Dense(num_classes).
     """
-    layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
-    inputs = keras.Input(input_shape, name="image")
-    x, conv, pool = inputs, 0, 0
-    for width in _VGG19:
-        if width == "M":
-            pool += 1
-            x = keras.layers.MaxPool2D(2, name=f"pool{pool}")(x)
-        else:
-            conv += 1
-            x = _relu(layers.bn(layers.conv(x, width, 3, f"conv{conv}"), f"bn{conv}"),
-                      f"relu{conv}")
-    return keras.Model(inputs, _head(layers, x, num_classes), name="vgg19")
+    return _vgg(19, input_shape, num_classes, weight_decay, seed, kernel_initializer,
+                bn_momentum, use_bias, bn_init)
 
 
 def _wide_block(layers: _Layers, x, filters: int, strides: int, name: str, dropout: float):
@@ -239,11 +277,13 @@ def _wide_block(layers: _Layers, x, filters: int, strides: int, name: str, dropo
 
 @gin.configurable
 def wrn_22_2(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=None,
-             kernel_initializer="he_normal", bn_momentum=0.9, dropout=0.0) -> keras.Model:
+             kernel_initializer="he_normal", bn_momentum=0.9, dropout=0.3) -> keras.Model:
     """Wide ResNet 22-2 (Zagoruyko & Komodakis 2016), RigL's CIFAR-10 model (~1.1M).
 
     3x3 conv 16, then 3 groups of 3 pre-activation blocks with 32/64/128 filters
     (stride 2 at the start of groups 2 and 3), BN-ReLU, global average pool, logits.
+    ``dropout`` (layers ``group*_block*_dropout``) sits between the two 3x3 convs of every
+    block; 0.3 is the RigL reference's ``droprate`` (``rigl/cifar_resnet/resnet_model.py``).
     """
     depth, width = 22, 2
     blocks = (depth - 4) // 6
@@ -307,21 +347,23 @@ def mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, weight_decay=0.0, 
                  dropout=0.0) -> keras.Model:
     """MobileNet v1 (Howard et al. 2017; 4.2M parameters at width 1.0, 1000 classes).
 
-    3x3/2 conv 32, then 13 depthwise-separable blocks (3x3 DepthwiseConv2D-BN-ReLU6,
-    1x1 Conv2D-BN-ReLU6), global average pool, optional dropout, logits. Filter counts
+    3x3/2 conv 32, then 13 depthwise-separable blocks (3x3 DepthwiseConv2D-BN-ReLU,
+    1x1 Conv2D-BN-ReLU), global average pool, optional dropout, logits. ReLU (not the
+    ReLU6 of Howard et al.) as the RigL reference (``rigl/imagenet_resnet/
+    mobilenetv1_model.py``, ``batch_norm_relu``). Filter counts
     are scaled by ``width_multiplier``. tfmot cannot prune DepthwiseConv2D: the layers
     ``block{1..13}_depthwise`` stay dense (as in RigL), list them as dense layers.
     """
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
     inputs = keras.Input(input_shape, name="image")
     x = layers.conv(inputs, int(32 * width_multiplier), 3, "conv1", strides=2)
-    x = _relu(layers.bn(x, "bn1"), "relu1", 6.0)
+    x = _relu(layers.bn(x, "bn1"), "relu1")
     for i, (filters, strides) in enumerate(_MOBILENET_V1, start=1):
         name = f"block{i}"
         x = layers.depthwise(x, f"{name}_depthwise", strides)
-        x = _relu(layers.bn(x, f"{name}_depthwise_bn"), f"{name}_depthwise_relu", 6.0)
+        x = _relu(layers.bn(x, f"{name}_depthwise_bn"), f"{name}_depthwise_relu")
         x = layers.conv(x, int(filters * width_multiplier), 1, f"{name}_pointwise")
-        x = _relu(layers.bn(x, f"{name}_pointwise_bn"), f"{name}_pointwise_relu", 6.0)
+        x = _relu(layers.bn(x, f"{name}_pointwise_bn"), f"{name}_pointwise_relu")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.dropout(x, dropout, "dropout")
     return keras.Model(inputs, layers.dense(x, num_classes, "logits"), name="mobilenet_v1")
@@ -333,6 +375,7 @@ MODELS: Dict[str, Callable[..., keras.Model]] = {
     "conv4": conv4,
     "conv6": conv6,
     "resnet20": resnet20,
+    "vgg16": vgg16,
     "vgg19": vgg19,
     "wrn_22_2": wrn_22_2,
     "resnet50": resnet50,

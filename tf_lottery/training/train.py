@@ -156,20 +156,25 @@ def data(name: str = gin.REQUIRED, batch_size: int = 60, data_dir: Optional[str]
 
     ``digits`` comes as numpy arrays (fast ``fit`` on 1,797 examples); every other
     dataset as batched ``tf.data`` pipelines (``get_dataset.*`` bindings apply, e.g.
-    ``get_dataset.augment = False``). TFDS splits take slices: Frankle & Carbin hold out
+    ``get_dataset.augment = False``). Splits take slices: Frankle & Carbin hold out
     5,000 training images for validation (``train_split = 'train[:90%]'``,
-    ``validation_split = 'train[90%:]'`` on CIFAR-10); the validation split is never
-    augmented. ``synthetic`` holds the options of the ``synthetic`` dataset
+    ``validation_split = 'train[90%:]'`` on CIFAR-10; digits takes the same slices);
+    the validation split is never augmented. Validation data never comes from the
+    test split. ``synthetic`` holds the options of the ``synthetic`` dataset
     (``{'input_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 1024}``).
     """
     synthetic = dict(synthetic or {})
     info = datasets.dataset_info(name, **(synthetic if name == "synthetic" else {}))
+    test_names = {test_split.split("[")[0].strip()} | (
+        {"validation"} if name == "imagenet2012" else set())
+    if validation_split and validation_split.split("[")[0].strip() in test_names:
+        raise ValueError(f"validation_split {validation_split!r} comes from the test split: "
+                         "hold the validation data out of the training split, e.g. "
+                         "train_split='train[:90%]', validation_split='train[90%:]'")
     if name == "digits":
-        if (train_split, test_split, validation_split) != ("train", "test", None):
-            raise ValueError("dataset 'digits' has only the splits 'train' and 'test' "
-                             "(no slicing, no validation split)")
-        x_train, y_train, x_test, y_test = datasets.load_digits_arrays()
-        return Data((x_train, y_train), (x_test, y_test), info, batch_size)
+        train = datasets.digits_split(train_split)
+        validation = datasets.digits_split(validation_split) if validation_split else None
+        return Data(train, datasets.digits_split(test_split), info, batch_size, validation)
     options = synthetic if name == "synthetic" else {}
     eval_batch = eval_batch_size or batch_size
     train_ds = datasets.get_dataset(name, train_split, batch_size, data_dir=data_dir, seed=seed,
@@ -253,6 +258,10 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
         test, validation = _take(test, max_steps), _take(validation, max_steps)
     if validation is not None:
         kwargs["validation_data"] = validation
+        kwargs["validation_note"] = (
+            f"{_bound('data.name')} {_bound('data.validation_split')!r}, held out of the "
+            f"training data (training on {_bound('data.train_split', 'train')!r}; tested on "
+            f"{_bound('data.test_split', 'test')!r})")
     if verbose is not None:
         kwargs["verbose"] = int(verbose)
     build = _model_fn(model, loaded.info)
@@ -486,7 +495,8 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
 def summary(result) -> dict:
     """The JSON-able essentials of ``train``'s result (printed by the binary)."""
     if isinstance(result, Mapping) and "rows" in result:
-        keys = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration")
+        keys = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration",
+                "early_stop_test_accuracy")
         return {"rows": [{k: r.get(k) for k in keys} for r in result["rows"]],
                 "checksums": result.get("checksums")}
     if isinstance(result, Mapping):

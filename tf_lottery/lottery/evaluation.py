@@ -1,0 +1,115 @@
+"""Validation during IMP training: the curve, the early-stopping iteration, its weights.
+
+Frankle & Carbin 2019 report, beside the test accuracy at the end of training, the
+*early-stopping iteration* (the iteration of minimum validation loss) and the test
+accuracy there; their code evaluates every 100 iterations (``test_interval`` in
+google-research/lottery-ticket-hypothesis, ``mnist_fc/train.py``). ``ValidationCurve``
+does that inside ``fit``: every ``every`` iterations (and at the last one) it computes
+the validation cross-entropy and accuracy in one compiled call per batch, without
+touching the model's compiled metrics (so the training logs stay those of training),
+and keeps a copy of the weights at the lowest validation loss.
+"""
+from typing import List, Optional
+
+import numpy as np
+
+from tf_lottery._keras import keras, tf
+
+_MAX_BATCH = 8192
+
+
+class Evaluator:
+    """Summed loss and correct predictions of a model over fixed validation data.
+
+    Args:
+      data: ``(x, y)`` numpy arrays or a batched ``tf.data.Dataset`` of ``(x, y)``;
+        labels are class indices, or one-hot rows of the logits' width.
+      loss: a Keras loss (``from_logits`` as the model needs); its batch mean is used.
+      batch_size: examples per compiled call for numpy data (default: all, up to 8,192).
+    """
+
+    def __init__(self, data, loss, batch_size: Optional[int] = None):
+        self.loss = loss
+        if isinstance(data, tf.data.Dataset):
+            self._batches, self.size = data, None
+        else:
+            x, y = (np.asarray(a) for a in data)
+            step = int(batch_size or min(len(x), _MAX_BATCH)) or 1
+            self._batches = [(tf.constant(x[i:i + step]), tf.constant(y[i:i + step]))
+                             for i in range(0, len(x), step)]
+            self.size = len(x)
+        self._functions = {}
+
+    def _function(self, model):
+        key = id(model)
+        if key not in self._functions:
+            loss = self.loss
+
+            @tf.function(reduce_retracing=True)
+            def batch_sums(x, y):
+                logits = model(x, training=False)
+                n = tf.cast(tf.shape(logits)[0], tf.float32)
+                total = tf.cast(loss(y, logits), tf.float32) * n
+                labels = y if y.shape.rank == 1 else tf.argmax(y, axis=-1)
+                correct = tf.reduce_sum(tf.cast(
+                    tf.equal(tf.cast(labels, tf.int64), tf.argmax(logits, axis=-1)), tf.float32))
+                return total, correct, n
+
+            self._functions[key] = (model, batch_sums)  # the model is kept: ids stay unique
+        return self._functions[key][1]
+
+    def __call__(self, model) -> dict:
+        """``{"loss": mean loss, "accuracy": fraction correct}`` of ``model`` (inference mode)."""
+        fn = self._function(model)
+        total = correct = count = 0.0
+        for x, y in self._batches:
+            t, c, n = fn(x, y)
+            total, correct, count = total + float(t), correct + float(c), count + float(n)
+        if not count:
+            raise ValueError("the validation data is empty: hold out a non-empty part of the "
+                             "training data (e.g. data.validation_split = 'train[90%:]')")
+        return {"loss": total / count, "accuracy": correct / count}
+
+
+class ValidationCurve(keras.callbacks.Callback):
+    """Stops ``fit`` after ``iterations`` batches; validates every ``every`` of them.
+
+    After ``fit``: ``curve`` lists ``{"iteration", "val_loss", "val_accuracy"}``
+    (``iteration`` is the optimizer's count), ``best`` is the point of minimum validation
+    loss (the first one on ties) and ``best_weights`` the model's weights there
+    (``model.get_weights()``), or None without validation data.
+
+    Args:
+      iterations: batches to train (``fit`` stops after them).
+      evaluator: an ``Evaluator``, or None to train without validation.
+      every: validate after every ``every`` batches of this ``fit`` and after the last.
+    """
+
+    def __init__(self, iterations: int, evaluator: Optional[Evaluator] = None,
+                 every: int = 100):
+        super().__init__()
+        self._supports_tf_logs = True
+        if int(every) < 1:
+            raise ValueError(f"eval_every must be >= 1 iteration, got {every}")
+        self.iterations, self.every, self.evaluator = int(iterations), int(every), evaluator
+        self.done = 0
+        self.curve: List[dict] = []
+        self.best: Optional[dict] = None
+        self.best_weights = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        last = self.done >= self.iterations
+        if self.evaluator is not None and (last or self.done % self.every == 0):
+            self._validate()
+        if last:
+            self.model.stop_training = True
+
+    def _validate(self):
+        scores = self.evaluator(self.model)
+        point = {"iteration": int(self.model.optimizer.iterations.numpy()),
+                 "val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+        self.curve.append(point)
+        if self.best is None or point["val_loss"] < self.best["val_loss"]:
+            self.best = point
+            self.best_weights = self.model.get_weights()
