@@ -480,8 +480,11 @@ class IterativeMagnitudePruning:
             self._tensorboard(folder, kinds)
         self.timings.append(metrics)
         controls = ", ".join(f"{r['kind']} {r['test_accuracy']:.4f}" for r in kinds[1:])
+        early = ("" if row.get("early_stop_test_accuracy") is None else
+                 f" ({row['early_stop_test_accuracy']:.4f} at its early-stopping iteration "
+                 f"{row['early_stop_iteration']})")
         line = (f"level {level}: {100 * row['remaining']:.2f}% of weights remain, "
-                f"{row['kind']} test accuracy {row['test_accuracy']:.4f}"
+                f"{row['kind']} test accuracy {row['test_accuracy']:.4f}{early}"
                 f"{f' ({controls})' if controls else ''}; {wall:.1f} s "
                 f"(overhead {100 * overhead / wall:.2f}%)")
         self._progress.level_done(level, line)
