@@ -17,9 +17,9 @@
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (imports tf_keras and tfmot, leaves tf.keras alone)
-from tf_lottery.masking.api import (apply_masks, custom_object_scope, custom_objects, get_masks,
-                                    get_weights, masked_layers, set_masks, sparsify,
-                                    sparsity_distribution, sparsity_report, strip)
+from tf_lottery.masking.api import custom_object_scope, custom_objects
+from tf_lottery.dispatch import (apply_masks, get_masks, get_weights, masked_layers,  # both Kerases
+                                 set_masks, sparsify, sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.export import export
 from tf_lottery.lottery.imp import IterativeMagnitudePruning, run_imp
@@ -42,3 +42,12 @@ __all__ = [
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",
 ]
+
+
+def __getattr__(name):
+    """``tfl.keras3`` (the Keras 3 side) is imported on first use, so that a tf_keras-only
+    process never loads Keras 3."""
+    if name == "keras3":
+        import importlib
+        return importlib.import_module("tf_lottery.keras3")
+    raise AttributeError(f"module 'tf_lottery' has no attribute {name!r}")
