@@ -48,6 +48,14 @@ def test_dispatch_and_tf_keras_untouched():
         assert tf.keras.__version__.startswith("3.")
     sparse = tfl.sparsify(mlp(), 0.5, "uniform", seed=0)
     assert [type(layer) for layer in tfl.masked_layers(sparse)] == [MaskedLayer] * 3
+    import tf_keras  # a tf_keras model in the same process goes to the tfmot path
+    legacy = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, name="t")])
+    legacy_sparse = tfl.sparsify(legacy, 0.5, "uniform", seed=0)
+    assert [type(layer) for layer in tfl.masked_layers(legacy_sparse)] == [tfl.MaskedLayer]
+    assert int(np.sum(tfl.get_masks(legacy_sparse)["t/kernel"] == 0)) == 6
+    assert "TF_USE_LEGACY_KERAS" not in os.environ
+    if BACKEND == "tensorflow":
+        assert tf.keras.__version__.startswith("3.")
 
 
 def test_exact_counts_uniform_and_erk():
@@ -166,7 +174,7 @@ COVERAGE = {
 
 
 @pytest.mark.parametrize("kind", sorted(COVERAGE) + ["sequence"])
-def test_layer_coverage(kind):
+def test_layer_coverage(kind, tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     if kind == "sequence":
@@ -199,8 +207,17 @@ def test_layer_coverage(kind):
     assert keys == expected
     _fit_one(sparse, x, y)
     assert_masked_zero(sparse)
-    np.testing.assert_allclose(tfl.strip(sparse).predict(x, verbose=0),
-                               sparse.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    predictions = sparse.predict(x, verbose=0)
+    if kind == "sequence":  # MultiHeadAttention and RNN cells rebuilt by .keras loading
+        path = os.path.join(str(tmp_path), "seq.keras")
+        sparse.save(path)
+        loaded = keras.saving.load_model(path)
+        for key, mask in tfl.get_masks(sparse).items():
+            np.testing.assert_array_equal(tfl.get_masks(loaded)[key], mask)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), predictions, rtol=1e-5,
+                                   atol=1e-6)
+    np.testing.assert_allclose(tfl.strip(sparse).predict(x, verbose=0), predictions,
+                               rtol=1e-5, atol=1e-6)
 
 
 class Scale(L.Layer, PrunableLayer):

@@ -121,9 +121,8 @@ def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_lay
 
 
 def _check_traversable(model):
-    if not (isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
-            or getattr(model, "_is_graph_network", False) or hasattr(model, "_operations")
-            and hasattr(model, "_nodes_by_depth")):
+    functional = hasattr(model, "_nodes_by_depth")  # Keras 3 has no public "is functional"
+    if not (isinstance(model, keras.Sequential) or functional):
         raise TypeError(
             f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild; use "
             "the Sequential or functional API, or wrap its layers yourself with "
