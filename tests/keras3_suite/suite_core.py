@@ -84,6 +84,7 @@ OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(0.01),
     "adamw_ema": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1, use_ema=True),
     "adagrad": lambda: keras.optimizers.Adagrad(0.05, initial_accumulator_value=0.1),
+    "ftrl": lambda: keras.optimizers.Ftrl(0.05, initial_accumulator_value=0.1),
 }
 
 
@@ -109,21 +110,23 @@ def test_masks_are_law_through_optimizers(name):
     new = {k: selection.random_mask(m.shape, 0.9, rng) for k, m in tfl.get_masks(sparse).items()}
     tfl.set_masks(sparse, new)
     assert_masked_zero(sparse)
-    fill = 0.1 if name == "adagrad" else 0.0
+    fill = 0.1 if name in ("adagrad", "ftrl") else 0.0
     for layer_ in tfl.masked_layers(sparse):
         for weight, mask_ in layer_.masked_weights:
             slots, fills = tfl.keras3.state.slots_of([optimizer], weight)
             assert len(slots) == {"sgd_momentum": 1, "adam": 2, "adamw_ema": 3,
-                                  "adagrad": 1}[name]
+                                  "adagrad": 1, "ftrl": 2}[name]
+            assert fills.count(fill) >= 1  # accumulators reset to their initial value
             off = _np(mask_) == 0
             for slot, value in zip(slots, fills):
                 assert value in (0.0, fill)
                 np.testing.assert_array_equal(_np(slot)[off], np.float32(value))
-    kept = _np(kernel)
-    kernel.assign(kept + 3.0 * (1 - _np(mask)))  # outside write undone by training
+    last = tfl.masked_layers(sparse)[-1].layer.bias  # always has a gradient (no relu after)
+    last_before = _np(last)
+    kernel.assign(_np(kernel) + 3.0 * (1 - _np(mask)))  # outside write undone by training
     sparse.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert_masked_zero(sparse)
-    assert not np.array_equal(_np(kernel), kept)  # it did train
+    assert not np.array_equal(_np(last), last_before)  # it did train
 
 
 def test_keras_save_load_round_trip(tmp_path):
