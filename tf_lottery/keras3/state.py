@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 import keras
 from keras import ops
 
-_ZERO_FILL_EXCEPT = {"_accumulators": "initial_accumulator_value"}  # Adagrad, Ftrl
+_INITIAL_VALUE_ATTR = {"_accumulators": "initial_accumulator_value"}  # Adagrad, Ftrl
 
 
 def unwrap(optimizer):
@@ -89,8 +89,8 @@ def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
                     f"{tuple(slot.shape)} for weight {variable.path} of shape "
                     f"{tuple(variable.shape)}; it cannot be reset entry by entry")
             fill = 0.0
-            if name in _ZERO_FILL_EXCEPT and hasattr(optimizer, _ZERO_FILL_EXCEPT[name]):
-                fill = float(getattr(optimizer, _ZERO_FILL_EXCEPT[name]))
+            if name in _INITIAL_VALUE_ATTR and hasattr(optimizer, _INITIAL_VALUE_ATTR[name]):
+                fill = float(getattr(optimizer, _INITIAL_VALUE_ATTR[name]))
             slots.append(slot)
             fills.append(fill)
     return slots, fills
