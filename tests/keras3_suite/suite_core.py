@@ -164,19 +164,24 @@ def _fit_one(model, x, y):
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
 
 
-COVERAGE = {
-    "image": ((8, 8, 2), lambda x: L.EinsumDense("ab,bc->ac", (4,), name="einsum")(
-        L.Flatten()(L.SeparableConv2D(3, 3, name="sep2")(
-            L.Conv2DTranspose(3, 3, name="conv2t")(L.Conv2D(3, 3, name="conv2")(x)))))),
-    "line": ((8, 2), lambda x: L.Dense(4, name="dense")(L.Flatten()(
-        L.SeparableConv1D(3, 3, name="sep1")(L.Conv1DTranspose(3, 3, name="conv1t")(
-            L.Conv1D(3, 3, name="conv1")(x)))))),
-    "volume": ((4, 4, 4, 1), lambda x: L.Dense(4, name="dense")(L.Flatten()(
-        L.Conv3DTranspose(2, 2, name="conv3t")(L.Conv3D(2, 2, name="conv3")(x))))),
-}
+SHAPES = {"image": (8, 8, 2), "line": (8, 2), "volume": (4, 4, 4, 1)}
 
 
-@pytest.mark.parametrize("kind", sorted(COVERAGE) + ["sequence"])
+def _conv_model():
+    """One model with an image, a line and a volume input: every conv kind, one compile."""
+    inputs = {k: keras.Input(v, name=k) for k, v in SHAPES.items()}
+    image = L.Conv2DTranspose(3, 3, name="conv2t")(L.Conv2D(3, 3, name="conv2")(inputs["image"]))
+    image = L.Flatten()(L.SeparableConv2D(3, 3, name="sep2")(image))
+    line = L.Conv1DTranspose(3, 3, name="conv1t")(L.Conv1D(3, 3, name="conv1")(inputs["line"]))
+    line = L.Flatten()(L.SeparableConv1D(3, 3, name="sep1")(line))
+    volume = L.Flatten()(L.Conv3DTranspose(2, 2, name="conv3t")(
+        L.Conv3D(2, 2, name="conv3")(inputs["volume"])))
+    outputs = L.Dense(4, name="dense")(L.Concatenate()([
+        L.EinsumDense("ab,bc->ac", (4,), name="einsum")(image), line, volume]))
+    return keras.Model(list(inputs.values()), outputs)
+
+
+@pytest.mark.parametrize("kind", ["conv", "sequence"])
 def test_layer_coverage(kind, tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -187,20 +192,18 @@ def test_layer_coverage(kind, tmp_path):
         r = L.SimpleRNN(4, return_sequences=True, name="srnn")(a)
         r = L.GRU(4, return_sequences=True, name="gru")(r)
         outputs = L.Dense(4, name="dense")(L.LSTM(4, name="lstm")(r))
+        model = keras.Model(inputs, outputs)
         x = rng.integers(0, 20, size=(16, 6)).astype("int32")
     else:
-        shape, body = COVERAGE[kind]
-        inputs = keras.Input(shape)
-        outputs = body(inputs)
-        x = rng.normal(size=(16,) + shape).astype("float32")
+        model = _conv_model()
+        x = [rng.normal(size=(16,) + v).astype("float32") for v in SHAPES.values()]
     y = rng.normal(size=(16, 4)).astype("float32")
-    model = keras.Model(inputs, outputs)
     sparse = tfl.sparsify(model, 0.5, "uniform", seed=1)
     keys = set(tfl.get_masks(sparse))
     expected = {
-        "image": {"conv2/kernel", "conv2t/kernel", "sep2/pointwise_kernel", "einsum/kernel"},
-        "line": {"conv1/kernel", "conv1t/kernel", "sep1/pointwise_kernel", "dense/kernel"},
-        "volume": {"conv3/kernel", "conv3t/kernel", "dense/kernel"},
+        "conv": {"conv2/kernel", "conv2t/kernel", "sep2/pointwise_kernel", "einsum/kernel",
+                 "conv1/kernel", "conv1t/kernel", "sep1/pointwise_kernel", "conv3/kernel",
+                 "conv3t/kernel", "dense/kernel"},
         "sequence": {"emb/embeddings", "mha/query_kernel", "mha/key_kernel", "mha/value_kernel",
                      "mha/attention_output_kernel", "srnn/simple_rnn_cell_kernel",
                      "srnn/simple_rnn_cell_recurrent_kernel", "gru/gru_cell_kernel",
