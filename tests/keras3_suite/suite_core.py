@@ -149,6 +149,14 @@ def test_keras_save_load_round_trip(tmp_path):
 def test_strip_gives_plain_model_with_equal_predictions():
     x, _ = data()
     sparse = tfl.sparsify(mlp(), 0.9, "uniform", seed=4)
+    kernel, mask = tfl.masked_layers(sparse)[1].masked_weights[0]
+    kernel.assign(_np(kernel) + 2.0)  # a dense write behind the wrapper's back
+    masks = tfl.get_masks(sparse)
+    weights = tfl.get_weights(sparse)  # re-zeroes first
+    assert set(weights) == set(masks)
+    for key, value in weights.items():
+        assert np.count_nonzero(value[masks[key] == 0]) == 0, key
+    assert "total" in str(tfl.sparsity_report(sparse))
     stripped = tfl.strip(sparse)
     assert not tfl.masked_layers(stripped)
     assert all(not isinstance(layer, MaskedLayer) for layer in stripped.layers)
@@ -284,3 +292,19 @@ def test_bad_inputs_have_clear_errors():
     sub(np.ones((1, 3), "float32"))
     with pytest.raises(TypeError, match="subclassed"):
         tfl.sparsify(sub, 0.5)
+
+
+def test_magnitude_and_global_masks_keep_largest_weights():
+    model = mlp()
+    values = {u.key: u.value() for u in tfl.keras3.api._units(model)}
+    sparse = tfl.sparsify(model, 0.6, "uniform", mask_init="magnitude")
+    for key, mask in tfl.get_masks(sparse).items():
+        np.testing.assert_array_equal(mask, selection.magnitude_mask(values[key], 0.6))
+    model = tfl.strip(sparse)
+    values = {u.key: u.value() for u in tfl.keras3.api._units(model)}
+    sparse = tfl.sparsify(model, 0.7, "global", mask_init="magnitude")
+    expected = selection.global_magnitude_masks(values, 0.7)
+    for key, mask in tfl.get_masks(sparse).items():
+        np.testing.assert_array_equal(mask, expected[key])
+    with pytest.raises(ValueError, match="mask_init='magnitude'"):
+        tfl.sparsify(model, 0.5, "global")
