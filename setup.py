@@ -29,7 +29,7 @@ setup(
         "ai-edge-litert>=2.3.0",
     ],
     extras_require={
-        "test": ["pytest", "jax"],  # jax: the Keras 3 suite also runs on KERAS_BACKEND=jax
+        "test": ["pytest", "hypothesis", "jax"],  # jax: the Keras 3 suite also runs on KERAS_BACKEND=jax
         "jax": ["jax"],
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
