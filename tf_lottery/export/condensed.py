@@ -157,17 +157,20 @@ def _make(layer, path: str, kernel: np.ndarray) -> CondensedDense:
 
 def median_times(fns: Dict[str, object], x, rounds: int = 20,
                  min_seconds: float = 0.0) -> Dict[str, float]:
-    """Median seconds per call of each function on ``x``, calls interleaved round-robin
-    (after one warm-up call each); at least ``rounds`` rounds and ``min_seconds``."""
+    """Median seconds per call of each function on ``x``: every round calls each once, in
+    a random order (after one warm-up call each); at least ``rounds`` rounds and
+    ``min_seconds``."""
     for f in fns.values():
         np.asarray(f(x))
     times = {n: [] for n in fns}
+    names = list(fns)
+    rng = np.random.default_rng(0)
     start, r = time.perf_counter(), 0
     while r < rounds or time.perf_counter() - start < min_seconds:
-        for name, f in fns.items():
+        for i in rng.permutation(len(names)):  # a fresh order every round: no position bias
             t = time.perf_counter()
-            np.asarray(f(x))
-            times[name].append(time.perf_counter() - t)
+            np.asarray(fns[names[i]](x))
+            times[names[i]].append(time.perf_counter() - t)
         r += 1
     return {n: float(np.median(t)) for n, t in times.items()}
 
