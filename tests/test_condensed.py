@@ -86,3 +86,11 @@ def test_timed_choice_never_keeps_a_slower_model():
         assert r["path"] == "dense" or r["speedup"] >= 1.1
     if all(r["path"] == "dense" for r in rows):
         assert fast is model
+
+
+def test_bad_options_are_one_line_errors():
+    model = tfl.strip(tfl.sparsify(_models()[0], 0.6, "uniform", seed=0))
+    with pytest.raises(ValueError, match="not a kernel path; pass True"):
+        condensed.condense(model, force="csr")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        condensed.condense(model, batch_size=0)

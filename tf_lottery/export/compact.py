@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tf_lottery._keras import keras
+from tf_lottery._keras import keras, tf
 
 ELEMENTWISE = {"linear", "relu", "relu6", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid",
                "tanh", "swish", "silu", "softplus", "softsign", "exponential", "leaky_relu",
@@ -169,13 +169,9 @@ def _analyse(model):
             for t in outputs:
                 ids[id(t)] = ch.new(_channels(t) if t.shape.rank and t.shape[-1] else 1,
                                     locked=True)
-    for t in tf_nest_flatten(model.outputs):
+    for t in tf.nest.flatten(model.outputs):
         ch.lock(ids[id(t)])
     return ch, ids, producers, readers
-
-
-def tf_nest_flatten(x):
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 def _fan_in_rows(layer) -> np.ndarray:

@@ -221,6 +221,12 @@ def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
     Returns ``(model, rows)``: one row per eligible layer, with the path chosen
     ("dense" where nothing was faster) and its measured speed-up.
     """
+    if force is not None and force not in PATHS:
+        raise ValueError(f"condense={force!r} is not a kernel path; pass True (timed per "
+                         f"layer) or one of {PATHS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     rows, replace = [], {}
     for layer in model.layers:
         if not eligible(layer):
