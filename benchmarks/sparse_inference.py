@@ -20,6 +20,10 @@ Cases:
   latency does not depend on the values);
 - mobilenet: MobileNet-v1 at 90% ERK, depthwise convolutions dense.
 
+"TFLite condensed" is the condensed SavedModel (tuned at that batch) converted to TFLite,
+where it has condensed layers and the converter takes it (the gathers convert; a
+sparse-dense matmul does not).
+
 Prints, per case, the per-layer kernel choice of the batch-1 export and one table with
 latency, speed-up against the dense SavedModel, file size and multiply-adds.
 """
@@ -36,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_lottery as tfl  # noqa: E402
 from tf_lottery._keras import keras, tf  # noqa: E402
+from tf_lottery.export import condensed  # noqa: E402
 from tf_lottery.export import tflite as tfl_tflite  # noqa: E402
 from tf_lottery.masking import selection  # noqa: E402
 from tf_lottery.training.datasets import load_digits_arrays  # noqa: E402
@@ -154,7 +159,7 @@ def run_case(name, sparse, meta, root, rounds, rounds_32):
     input_names = reports["dense"]["signature"]["inputs"]
     shapes = dict(zip(input_names, shapes.values()))
 
-    latency = {}
+    latency, tflite_condensed_bytes = {}, {}
     for b in BATCHES:
         rng = np.random.default_rng(b)
         example = {n: rng.normal(size=[b] + s).astype(np.float32) for n, s in shapes.items()}
@@ -173,6 +178,12 @@ def run_case(name, sparse, meta, root, rounds, rounds_32):
             if os.path.exists(path):
                 with open(path, "rb") as f:
                     runners[label] = _tflite_runner(f.read(), b, example)
+        if any(r["path"] != "dense" for r in reports[f"condensed_b{b}"]["condensed"]["layers"]):
+            content = condensed.convert_tflite(
+                os.path.join(folder, f"condensed_b{b}", "saved_model"), {})
+            if content is not None:
+                runners["TFLite condensed"] = _tflite_runner(content, b, example)
+                tflite_condensed_bytes.setdefault(b, len(content))
         latency[b] = time_round_robin(runners, rounds if b == 1 else rounds_32)
 
     flops = reports["dense"]["flops"]
@@ -187,10 +198,13 @@ def run_case(name, sparse, meta, root, rounds, rounds_32):
             sizes[f"TFLite {kind}"] = files[f"model_{kind}.tflite"]["bytes"]
     if "model_sparse.tflite" in reports["compact"]["files"]:
         sizes["TFLite compact sparse"] = reports["compact"]["files"]["model_sparse.tflite"]["bytes"]
+    if tflite_condensed_bytes:
+        sizes["TFLite condensed"] = tflite_condensed_bytes.get(1, tflite_condensed_bytes.get(32))
     madds = {"dense SavedModel": flops["dense"], "compact": compact_flops["dense"],
              "condensed": _condensed_madds(reports["condensed_b1"]),
              "TFLite dense": flops["dense"], "TFLite sparse": flops["dense"],
-             "TFLite compact sparse": compact_flops["dense"]}
+             "TFLite compact sparse": compact_flops["dense"],
+             "TFLite condensed": _condensed_madds(reports["condensed_b1"])}
     result = {"case": name, "meta": meta, "export_seconds": export_s, "latency_ms": latency,
               "sizes": sizes, "madds": madds, "flops_nonzero": flops["sparse"],
               "layers_b1": cond,
@@ -240,11 +254,12 @@ def table(results, markdown=False):
     lines = []
     for r in results:
         lat = {int(k): v for k, v in r["latency_ms"].items()}
-        for variant in lat[1]:
-            d1, d32 = lat[1]["dense SavedModel"], lat[32]["dense SavedModel"]
-            lines.append([r["case"], variant, f"{lat[1][variant]:.3f}",
-                          f"{d1 / lat[1][variant]:.2f}x", f"{lat[32][variant]:.3f}",
-                          f"{d32 / lat[32][variant]:.2f}x",
+        d1, d32 = lat[1]["dense SavedModel"], lat[32]["dense SavedModel"]
+        for variant in dict.fromkeys(list(lat[1]) + list(lat[32])):
+            t1, t32 = lat[1].get(variant), lat[32].get(variant)
+            lines.append([r["case"], variant, f"{t1:.3f}" if t1 else "-",
+                          f"{d1 / t1:.2f}x" if t1 else "-", f"{t32:.3f}" if t32 else "-",
+                          f"{d32 / t32:.2f}x" if t32 else "-",
                           _human(r["sizes"].get(variant, 0)) + "B",
                           _human(r["madds"].get(variant, 0))])
     if markdown:

@@ -61,8 +61,8 @@ def test_export_condensed_and_compact_verified_without_tf_lottery(tmp_path):
     masks = tfl.get_masks(sparse)
     masks["pw/kernel"][..., :3] = 0  # three channels with no inputs: folded, removed
     tfl.set_masks(sparse, masks)
-    report = tfl.export(sparse, tmp_path / "out", tflite=False, compact=True,
-                        condense="gather", latency_runs=3, verbose=False)
+    report = tfl.export(sparse, tmp_path / "out", compact=True, condense="gather",
+                        latency_runs=3, verbose=False)
     assert report["verification"]["max_abs_diff"] <= 1e-5
     read = masks["pw2/kernel"].reshape(16, 3).any(axis=1)  # pw channels pw2 reads
     no_outputs = int(np.sum(~read[3:]))

@@ -5,6 +5,7 @@
     saved_model/          SavedModel, signature "serving_default" (loads without tf_lottery)
     model_dense.tflite    float TFLite model
     model_sparse.tflite   the same, weights in TFLite's sparse format (EXPERIMENTAL_SPARSITY)
+    model_condensed.tflite  with condense=: the condensed SavedModel, if the converter takes it
     sparsity.json         per-weight sparsity and the masks' provenance
     export_report.json    parameters, non-zeros, file sizes (and gzip), FLOPs, TFLite latency
 
@@ -46,6 +47,7 @@ from tf_lottery.masking.api import masked_layers, sparsity_report, strip
 SAVED_MODEL_DIR = "saved_model"
 DENSE_TFLITE = "model_dense.tflite"
 SPARSE_TFLITE = "model_sparse.tflite"
+CONDENSED_TFLITE = "model_condensed.tflite"
 SPARSITY_JSON = "sparsity.json"
 REPORT_JSON = "export_report.json"
 
@@ -236,8 +238,10 @@ def export(model, path, overwrite: bool = False, sample=None,
             converted = _tflite.convert_both(tflite_dir)
             if tflite_dir != sm_dir:
                 shutil.rmtree(tflite_dir)
-            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse")):
-                if converted[key] is not None:
+                converted["condensed"] = _condensed.convert_tflite(sm_dir, tflite_info)
+            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse"),
+                              (CONDENSED_TFLITE, "condensed")):
+                if converted.get(key) is not None:
                     with open(os.path.join(tmp, name), "wb") as f:
                         f.write(converted[key])
                     files[name] = _report.file_sizes(os.path.join(tmp, name))
@@ -250,7 +254,8 @@ def export(model, path, overwrite: bool = False, sample=None,
                 try:
                     analysis = _tflite.analyze_sparse(converted["sparse"])
                     latency = _tflite.measure_latency(
-                        {"dense": converted["dense"], "sparse": converted["sparse"]},
+                        {k: converted[k] for k in ("dense", "sparse", "condensed")
+                         if converted.get(k) is not None},
                         runs=latency_runs, num_threads=num_threads,
                         example={k: v[:1] for k, v in batch.items()},
                         reference={n: r[:1] for n, r in zip(names, reference)})

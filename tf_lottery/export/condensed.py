@@ -14,6 +14,9 @@ TensorFlow ops, so the exported SavedModel loads with plain ``tf.saved_model.loa
 - ``"sparse_matmul"``: ``tf.sparse.sparse_dense_matmul(W^T, x^T)`` (CSR-like, sparse
   operand first; wins at very high sparsity).
 
+The gather paths are XLA functions (``jit_compile``), kept as such in the SavedModel: the
+first call at each new batch size compiles them (tens of milliseconds).
+
 ``condense(model, batch_size)`` times each path against the dense kernel on the layer's
 own shapes at ``batch_size`` (median of interleaved runs) and replaces a layer only where
 a path is faster than dense by ``margin``; everything else stays dense. Measured on one
@@ -33,18 +36,18 @@ PATHS = ("gather", "gather_t", "gather_loop", "sparse_matmul")
 CHUNK = 8  # rows of the [k, out] layout that one step of "gather_loop" adds up
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gather_rows(x, indices, values):
     return tf.reduce_sum(tf.gather(x, indices, axis=1) * values, axis=-1)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gather_cols(x, indices_t, values_t):
     rows = tf.gather(tf.transpose(x), indices_t)  # [k, out, batch]
     return tf.transpose(tf.reduce_sum(rows * values_t[:, :, None], axis=0))
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gather_loop(x, indices_c, values_c):
     """``indices_c``, ``values_c``: [k / CHUNK, CHUNK, out]. One XLA loop step gathers
     CHUNK rows of x^T per output unit and adds them into a [out, batch] accumulator that
@@ -218,13 +221,13 @@ def choose(layer, batch_size: int, paths: Sequence[str] = PATHS, rounds: int = 2
     x = tf.constant(np.random.default_rng(0).normal(size=(rows, kernel.shape[0]))
                     .astype(np.float32))
     dense_w = tf.constant(kernel)
-    fns = {"dense": tf.function(lambda v: tf.matmul(v, dense_w))}
+    fns = {"dense": tf.function(lambda v: tf.matmul(v, dense_w), autograph=False)}
     reference = fns["dense"](x).numpy()
     for path in paths:
         candidate = _make(layer, path, kernel)
         candidate.activation = keras.activations.linear
         bias = candidate.bias.numpy() if candidate.use_bias else 0.0
-        fn = tf.function(lambda v, c=candidate: c(v))
+        fn = tf.function(lambda v, c=candidate: c(v), autograph=False)
         got = fn(x).numpy() - bias
         if np.max(np.abs(got - reference), initial=0.0) > 1e-4 * max(1.0, np.abs(reference).max()):
             raise AssertionError(f"condensed path {path} of {layer.name} differs from dense")
@@ -308,8 +311,19 @@ def model_latency(models: Dict[str, object], sample, rounds: int = 30) -> Dict[s
     ``sample``, calls interleaved round-robin."""
     fns = {}
     for name, m in models.items():
-        fns[name] = tf.function(lambda v, m=m: m(v, training=False))
+        fns[name] = tf.function(lambda v, m=m: m(v, training=False), autograph=False)
     return {n: 1e3 * t for n, t in median_times(fns, sample, rounds).items()}
+
+
+def convert_tflite(saved_model_dir: str, info: Dict) -> Optional[bytes]:
+    """Float TFLite flatbuffer of a condensed SavedModel, or None with the reason in
+    ``info["condensed_error"]`` (TFLite has no sparse-dense matmul; the gathers convert)."""
+    from tf_lottery.export import tflite
+    try:
+        return tflite.convert(saved_model_dir, sparse=False)
+    except Exception as error:  # the converter raises several types
+        info["condensed_error"] = tflite._summarize_error(error)
+        return None
 
 
 def table_lines(report) -> List[str]:
@@ -327,6 +341,12 @@ def table_lines(report) -> List[str]:
             speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
             lines.append(f"  {r['layer']:24s} {'x'.join(map(str, r['shape'])):>11s} "
                          f"{100 * r['sparsity']:6.2f}% sparse  {r['path']:13s} {speed}")
+    tfl_ms = (report.get("latency") or {}).get("median_ms", {})
+    if "condensed" in tfl_ms:
+        lines.append(f"TFLite condensed (model_condensed.tflite): {tfl_ms['condensed']:.3f} ms "
+                     f"at batch 1, {tfl_ms['dense'] / tfl_ms['condensed']:.2f}x the dense TFLite")
+    elif (report.get("tflite") or {}).get("condensed_error"):
+        lines.append("TFLite condensed: not converted: " + report["tflite"]["condensed_error"])
     lat = report.get("saved_model_latency")
     if lat:
         ms = lat["median_ms"]
