@@ -9,8 +9,8 @@ TFLite), ``compact=True``, and ``compact=True, condense=True`` tuned at batch 1 
 batch 32. The SavedModels are loaded back with ``tf.saved_model.load`` and called through
 ``serving_default``; the TFLite models run in the LiteRT interpreter with 2 threads.
 Latency is the median over ``--rounds`` rounds in which every variant is called once, in
-a fresh random order each round, in one process, so machine noise hits them alike. "condensed" at batch B is
-the export tuned at B.
+a fresh random order each round, in one process, so machine noise hits them alike.
+"condensed" at batch B is the export tuned at B.
 
 Cases:
 - digits: LeNet-300-100 on scikit-learn's digits (64 inputs) pruned by global magnitude

@@ -174,9 +174,10 @@ def export(model, path, overwrite: bool = False, sample=None,
         then holds ``indices``/``values`` instead of those kernels, loads with plain
         ``tf.saved_model.load`` (not ``tf_keras.models.load_model``), and the report gives
         each layer's path and speed-up and the whole graph's latency against dense. The
-        TFLite files are converted from the model before condensing. A path name
-        (``"gather"``, ``"gather_t"``, ``"sparse_matmul"``) forces that path on every
-        eligible layer at least 50% sparse, without timing.
+        TFLite files are converted from the model before condensing (and the condensed
+        SavedModel to ``model_condensed.tflite`` if the converter takes it). A path name
+        (``"gather"``, ``"gather_t"``, ``"gather_loop"``, ``"sparse_matmul"``) forces it on
+        every eligible layer at least 50% sparse, without timing.
       batch_size: the batch size the kernels are chosen for.
 
     Returns:
@@ -201,14 +202,14 @@ def export(model, path, overwrite: bool = False, sample=None,
     plain = strip(model) if masked else model
     dense_plain, compact_info, condensed_info = plain, None, None
     if compact:
-        plain, rows = _compact.compact(plain, return_report=True)
-        compact_info = {"layers": list(rows), "params_before": rows.params_before,
-                        "params_after": rows.params_after}
+        plain, removed = _compact.compact(plain, return_report=True)
+        compact_info = {"layers": list(removed), "params_before": removed.params_before,
+                        "params_after": removed.params_after}
     tflite_model = plain
     if condense:
-        plain, rows = _condensed.condense(
+        plain, paths = _condensed.condense(
             plain, batch_size=batch_size, force=condense if isinstance(condense, str) else None)
-        condensed_info = {"batch_size": int(batch_size), "layers": rows}
+        condensed_info = {"batch_size": int(batch_size), "layers": paths}
     mask_index = _mask_index(plain, model) if masked else {}
     try:
         rows = sparsity_report(model)

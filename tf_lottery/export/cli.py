@@ -31,8 +31,8 @@ def define_flags(flag_values=flags.FLAGS) -> None:
                       flag_values=flag_values)
     flags.DEFINE_string("condense", None,
                         "Run sparse Dense/1x1 conv layers on condensed or sparse kernels where "
-                        "faster: 'auto' (timed per layer), or force gather, gather_t or "
-                        "sparse_matmul.", flag_values=flag_values)
+                        "faster: 'auto' (timed per layer), or force gather, gather_t, "
+                        "gather_loop or sparse_matmul.", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", 1, "Batch size the condensed kernels are timed at.",
                          flag_values=flag_values)
     flags.DEFINE_string("method", None, "Provenance: how the masks were made (e.g. rigl, imp).",
