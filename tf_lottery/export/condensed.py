@@ -20,10 +20,11 @@ first call at each new batch size compiles them (tens of milliseconds).
 ``condense(model, batch_size)`` times each path against the dense kernel on the layer's
 own shapes at ``batch_size`` (median of interleaved runs) and replaces a layer only where
 a path is faster than dense by ``margin``; everything else stays dense. Measured on one
-4,096 x 4,096 layer on a 2-core x86 CPU (median of interleaved runs, shared machine):
-at batch 1, gather / gather_loop 1.9-2.4x at 90% sparsity and 4-7.6x at 98%, sparse_matmul
-0.3x and 1.7x; at batch 32, gather_loop 9x at 90% and 10x at 98%, the one-shot gathers
-0.3x and 1.5x.
+4,096 x 4,096 layer on the project's 2-core x86 CPU (``choose``, shared machine, so
+ranges over repeated runs): at batch 1, gather_loop 2.3-3.5x at 90% sparsity and 3.9-7x
+at 98%, the one-shot gathers 1.3-2.5x and 3.2-5.6x, sparse_matmul 0.3-0.7x and 1.6-2x;
+at batch 32, gather_loop 3.6-4.5x and 6.6-12.6x, the one-shot gathers 0.2-0.3x and
+0.8-1.4x, sparse_matmul 0.2x and 1.1x.
 """
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
