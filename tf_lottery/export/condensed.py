@@ -1,12 +1,12 @@
 """Condensed and sparse-kernel layers: sparse Dense / 1x1 convolutions that run faster.
 
-A sparse kernel ``W[in, out]`` can run without its zeros in three ways, all with stock
+A sparse kernel ``W[in, out]`` can run without its zeros in four ways, all with stock
 TensorFlow ops, so the exported SavedModel loads with plain ``tf.saved_model.load``:
 
 - ``"gather"``: condensed rows ``values[out, k]`` and ``indices[out, k]`` (``k`` = the
   largest fan-in; a constant fan-in kernel has no padding):
-  ``y[b, o] = sum_j x[b, indices[o, j]] * values[o, j]``, compiled by XLA
-  (``jit_compile``) into one loop that never writes the gathered ``[b, out, k]`` tensor;
+  ``y[b, o] = sum_j x[b, indices[o, j]] * values[o, j]``, one gather, multiply and
+  reduce compiled by XLA (``jit_compile``);
 - ``"gather_t"``: the same with the transposed layout ``values[k, out]``, gathering rows
   of ``x^T`` (contiguous in the batch: better at larger batches);
 - ``"gather_loop"``: the transposed layout cut into chunks of ``CHUNK`` rows, summed by
