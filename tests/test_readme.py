@@ -21,3 +21,18 @@ def test_quickstart_runs_and_gives_exact_zeros(capsys):
     assert "total" in capsys.readouterr().out
     x = scope["x"][:32]
     np.testing.assert_array_equal(plain.predict(x, verbose=0), sparse.predict(x, verbose=0))
+
+
+def test_what_sparsity_buys_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## What sparsity buys"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, str(README), "exec"), scope)
+    removed, report = scope["removed"], scope["report"]
+    assert sum(r["removed"] for r in removed) > 0
+    assert report["verification"]["max_abs_diff"] <= 1e-5
+    assert len(report["condensed"]["layers"]) == 3  # one row per Dense layer
+    assert "Kernel per layer" in capsys.readouterr().out
+    assert (tmp_path / "export" / "fast" / "export_report.json").exists()

@@ -26,6 +26,7 @@ at 98%, the one-shot gathers 1.3-2.5x and 3.2-5.6x, sparse_matmul 0.3-0.7x and 1
 at batch 32, gather_loop 3.6-4.5x and 6.6-12.6x, the one-shot gathers 0.2-0.3x and
 0.8-1.4x, sparse_matmul 0.2x and 1.1x.
 """
+import contextlib
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -189,6 +190,19 @@ def _make(layer, path: str, kernel: np.ndarray) -> CondensedDense:
     return new
 
 
+@contextlib.contextmanager
+def _quiet_retracing():
+    """Timing builds one tf.function per candidate and layer shape, which TensorFlow
+    reports as retracing; those warnings say nothing to the user here."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def median_times(fns: Dict[str, object], x, rounds: int = 20,
                  min_seconds: float = 0.0) -> Dict[str, float]:
     """Median seconds per call of each function on ``x``: every round calls each once, in
@@ -276,7 +290,8 @@ def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
             row = {"layer": layer.name, "shape": list(kernel.shape),
                    "sparsity": float(sparsity), "path": force, "speedup": None, "ms": {}}
         else:
-            row = choose(layer, batch_size, paths, rounds, margin)
+            with _quiet_retracing():
+                row = choose(layer, batch_size, paths, rounds, margin)
         rows.append(row)
         if row["path"] != "dense":
             replace[layer.name] = row["path"]
@@ -295,8 +310,9 @@ def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
     if force is None:
         sample = [tf.zeros([batch_size] + [int(d) for d in t.shape[1:]], t.dtype)
                   for t in model.inputs]
-        ms = model_latency({"dense": model, "condensed": rebuilt},
-                           sample[0] if len(sample) == 1 else sample, rounds)
+        with _quiet_retracing():
+            ms = model_latency({"dense": model, "condensed": rebuilt},
+                               sample[0] if len(sample) == 1 else sample, rounds)
         if ms["condensed"] >= ms["dense"]:
             for row in rows:
                 if row["path"] != "dense":
