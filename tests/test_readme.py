@@ -89,3 +89,18 @@ def test_keras3_blocks_run_on_each_backend(backend, tmp_path):
                               text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     assert f"KERAS3_BLOCK_OK {backend}" in done.stdout
+
+
+def test_what_sparsity_buys_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## What sparsity buys"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, str(README), "exec"), scope)
+    removed, report = scope["removed"], scope["report"]
+    assert sum(r["removed"] for r in removed) > 0
+    assert report["verification"]["max_abs_diff"] <= 1e-5
+    assert len(report["condensed"]["layers"]) == 3  # one row per Dense layer
+    assert "Kernel per layer" in capsys.readouterr().out
+    assert (tmp_path / "export" / "fast" / "export_report.json").exists()

@@ -16,6 +16,7 @@
   any training loop; ``tfl.plot_layer_sparsity``;
 - ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
   and sparse TFLite, sizes, FLOPs and latency;
+- ``tfl.compact``: a smaller plain model without the units the masks disconnected;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (imports tf_keras and tfmot, leaves tf.keras alone)
@@ -24,6 +25,7 @@ from tf_lottery.dispatch import (apply_masks, get_masks, get_weights, masked_lay
                                  set_masks, sparsify, sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.export import export
+from tf_lottery.export.compact import compact
 from tf_lottery.lottery.imp import IterativeMagnitudePruning, run_imp
 from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
 from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
@@ -40,7 +42,7 @@ __all__ = [
     "GradualMagnitudePruning", "RigL", "SET", "SNFS", "SparseOptimizer", "StaticSparse",
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
-    "export", "rewind", "run_imp", "train",
+    "compact", "export", "rewind", "run_imp", "train",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
     "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",

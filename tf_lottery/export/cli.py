@@ -27,6 +27,14 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_integer("latency_runs", 50, "TFLite invocations per model for the median latency.",
                          flag_values=flag_values)
     flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads.", flag_values=flag_values)
+    flags.DEFINE_bool("compact", False, "Remove the units the masks disconnected (tfl.compact).",
+                      flag_values=flag_values)
+    flags.DEFINE_string("condense", None,
+                        "Run sparse Dense/1x1 conv layers on condensed or sparse kernels where "
+                        "faster: 'auto' (timed per layer), or force gather, gather_t, "
+                        "gather_loop or sparse_matmul.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 1, "Batch size the condensed kernels are timed at.",
+                         flag_values=flag_values)
     flags.DEFINE_string("method", None, "Provenance: how the masks were made (e.g. rigl, imp).",
                         flag_values=flag_values)
     flags.DEFINE_float("level", None, "Provenance: the target sparsity.", flag_values=flag_values)
@@ -64,7 +72,9 @@ def export_checkpoint(FLAGS=flags.FLAGS):
     input_shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
     return export(model, FLAGS.output_dir, overwrite=FLAGS.overwrite, provenance=provenance,
                   tflite=FLAGS.tflite, input_shape=input_shape, verify=FLAGS.verify,
-                  latency_runs=FLAGS.latency_runs, num_threads=FLAGS.num_threads)
+                  latency_runs=FLAGS.latency_runs, num_threads=FLAGS.num_threads,
+                  compact=FLAGS.compact, batch_size=FLAGS.batch_size,
+                  condense=True if FLAGS.condense == "auto" else (FLAGS.condense or False))
 
 
 def main(argv, FLAGS=flags.FLAGS):
