@@ -18,6 +18,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "tf_keras",
+        "keras>=3.0",
         "tensorflow-model-optimization>=0.8.1",
         "gin-config",
         "tensorflow-datasets",
@@ -28,7 +29,8 @@ setup(
         "ai-edge-litert>=2.3.0",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "hypothesis", "jax"],  # jax: the Keras 3 suite also runs on KERAS_BACKEND=jax
+        "jax": ["jax"],
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
     license="Apache-2.0",

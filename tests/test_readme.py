@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -151,3 +152,51 @@ def test_any_loop_examples_run_and_update_masks():
         weights = scope["tfl"].get_weights(model)
         for key, mask in scope["tfl"].get_masks(model).items():
             assert not np.any(weights[key][mask == 0])  # exact zeros where masked
+
+
+KERAS3_CHECK = """
+import numpy as np
+import pytest
+total = tfl.sparsity_report(plain)[-1]
+assert total["nonzeros"] == total["params"] - round(0.9 * total["params"]), total
+np.testing.assert_array_equal(plain.predict(x[:32], verbose=0), sparse.predict(x[:32], verbose=0))
+assert not any(isinstance(l, tfl.keras3.MaskedLayer) for l in plain.layers)
+print("KERAS3_BLOCK_OK", keras.config.backend())
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_keras3_blocks_run_on_each_backend(backend, tmp_path):
+    """README blocks starting with ``# keras3`` run in a Keras 3 process per backend."""
+    import os
+    import subprocess
+    import sys
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"),
+                                    re.S) if b.startswith("# keras3\n")]
+    assert blocks
+    root = str(README.parent)
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    for i, block in enumerate(blocks):
+        script = tmp_path / f"block{i}.py"
+        script.write_text(block + (KERAS3_CHECK if i == 0 else ""), encoding="utf-8")
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert f"KERAS3_BLOCK_OK {backend}" in done.stdout
+
+
+def test_what_sparsity_buys_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## What sparsity buys"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, str(README), "exec"), scope)
+    removed, report = scope["removed"], scope["report"]
+    assert sum(r["removed"] for r in removed) > 0
+    assert report["verification"]["max_abs_diff"] <= 1e-5
+    assert len(report["condensed"]["layers"]) == 3  # one row per Dense layer
+    assert "Kernel per layer" in capsys.readouterr().out
+    assert (tmp_path / "export" / "fast" / "export_report.json").exists()

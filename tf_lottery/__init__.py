@@ -1,6 +1,7 @@
 """tf-lottery: lottery tickets and RigL on tfmot pruning, for tf_keras models.
 
-``import tf_lottery as tfl`` makes tf_keras (Keras 2) the Keras in use, then gives:
+``import tf_lottery as tfl`` gives, for tf_keras (Keras 2) models and for Keras 3 models
+(``tf_lottery.keras3``; which Keras a model belongs to is detected per call):
 
 - ``tfl.MaskedLayer``: a tfmot pruning wrapper holding one 0/1 mask per prunable weight;
 - ``tfl.sparsify`` / ``tfl.strip``: wrap a model with masks drawn from a sparsity
@@ -15,14 +16,16 @@
   any training loop; ``tfl.plot_layer_sparsity``;
 - ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
   and sparse TFLite, sizes, FLOPs and latency;
+- ``tfl.compact``: a smaller plain model without the units the masks disconnected;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
-from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
-from tf_lottery.masking.api import (apply_masks, check_masks_agree, custom_object_scope,
-                                    custom_objects, get_masks, get_weights, masked_layers, set_masks, sparsify,
-                                    sparsity_distribution, sparsity_report, strip)
+from tf_lottery import _keras  # noqa: F401  (imports tf_keras and tfmot, leaves tf.keras alone)
+from tf_lottery.masking.api import check_masks_agree, custom_object_scope, custom_objects
+from tf_lottery.dispatch import (apply_masks, get_masks, get_weights, masked_layers,  # both Kerases
+                                 set_masks, sparsify, sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.export import export
+from tf_lottery.export.compact import compact
 from tf_lottery.lottery.imp import IterativeMagnitudePruning, run_imp
 from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
 from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
@@ -39,9 +42,18 @@ __all__ = [
     "GradualMagnitudePruning", "RigL", "SET", "SNFS", "SparseOptimizer", "StaticSparse",
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
-    "export", "rewind", "run_imp", "train",
+    "compact", "export", "rewind", "run_imp", "train",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
     "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",
     "strip",
 ]
+
+
+def __getattr__(name):
+    """``tfl.keras3`` (the Keras 3 side) is imported on first use, so that a tf_keras-only
+    process never loads Keras 3."""
+    if name == "keras3":
+        import importlib
+        return importlib.import_module("tf_lottery.keras3")
+    raise AttributeError(f"module 'tf_lottery' has no attribute {name!r}")

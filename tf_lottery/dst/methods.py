@@ -22,8 +22,10 @@ class _DropGrowCallback(MaskUpdateCallback):
 
     def __init__(self, delta_t: int = 100, end_step: Optional[int] = None, alpha: float = 0.3,
                  decay="cosine", *, seed: int = 0, total_steps: Optional[int] = None,
-                 log_dir: Optional[str] = None, verbose: int = 0):
+                 log_dir: Optional[str] = None, verbose: int = 0,
+                 structure: str = "unstructured"):
         super().__init__(seed=seed, total_steps=total_steps, log_dir=log_dir, verbose=verbose)
+        self.updater = type(self.updater)(structure)
         self.delta_t = _check_int(delta_t, "delta_t")
         self.end_step = _check_int(end_step, "end_step", allow_none=True)
         self.alpha = schedules.check_alpha(alpha)
@@ -84,6 +86,8 @@ class RigL(_DropGrowCallback):
       log_dir: if set, TensorBoard scalars per update under ``log_dir/dst`` (drop fraction,
         per-layer sparsity, connections changed) and ``log_dir/layer_sparsity.png``.
       verbose: print one line per update.
+      structure: ``"constant_fan_in"`` drops and grows per output unit, keeping a mask
+        from ``tfl.sparsify(..., structure="constant_fan_in")`` constant fan-in.
     """
 
     updater = updaters.RigLUpdater()

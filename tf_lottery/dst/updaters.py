@@ -9,7 +9,10 @@ One mask update of one weight (an "update" of a *unit*) works on flat tensors:
    which includes the ones just dropped (a dropped weight may be regrown, as in the
    RigL reference; it then keeps its value);
 
-so the number of active entries of every unit stays exactly constant. Ties (equal
+so the number of active entries of every unit stays exactly constant. With
+``structure="constant_fan_in"`` the counts are taken per output unit (last axis of the
+weight) and ``select_per_unit`` drops and grows within each unit, so every output unit
+keeps its number of inputs (SRigL, Lasby et al. 2023). Ties (equal
 magnitudes, e.g. freshly grown weights, or equal gradients) are broken by one stateless
 random permutation seeded by (seed, unit index, step): exact tie-breaking that never
 reorders distinct scores, and the same on every replica and worker (no Python
@@ -122,6 +125,45 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
     return tf.reshape(new, shape)
 
 
+def _rank_below(scores, k):
+    """0/1 float32 [R, C]: ones at the ``k[r]`` largest ``scores`` of each row (ties to
+    the lower column)."""
+    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    ranks = tf.argsort(order, axis=-1, stable=True)
+    return tf.cast(ranks < tf.cast(k, tf.int32)[:, None], tf.float32)
+
+
+def select_per_unit(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
+    """``select`` done separately for every output unit (last axis of ``mask``).
+
+    ``n_keep`` and ``n_grow`` are int32 vectors with one count per unit; unit ``j`` of the
+    result has exactly ``n_keep[j] + n_grow[j]`` ones among its inputs, so a constant
+    fan-in mask stays constant fan-in (SRigL, Lasby et al. 2023). Ties are broken by one
+    random permutation of the inputs drawn from ``tie_seed``.
+    """
+    shape = tf.shape(mask)
+    units = shape[-1]
+    rows = lambda t: tf.transpose(tf.reshape(tf.cast(t, tf.float32), [-1, units]))  # noqa: E731
+    active = rows(mask) > 0.5
+    fan_in = tf.shape(active)[1]
+    perm = tf.argsort(tf.random.stateless_uniform(tf.reshape(fan_in, [1]), tie_seed),
+                      stable=True)
+    active = tf.gather(active, perm, axis=1)
+    lowest = tf.float32.min
+    minus_inf = tf.constant(-float("inf"), tf.float32)
+    d = tf.gather(rows(drop_scores), perm, axis=1)
+    d = tf.where(active, tf.where(tf.math.is_nan(d), lowest, d), minus_inf)
+    keep = _rank_below(d, n_keep)
+    new = keep
+    if grow_scores is not None:
+        g = tf.gather(rows(grow_scores), perm, axis=1)
+        g = tf.where(tf.math.is_nan(g), lowest, g)
+        g = tf.where(keep > 0.5, minus_inf, g)
+        new = keep + _rank_below(g, n_grow)
+    new = tf.gather(new, tf.argsort(perm, stable=True), axis=1)
+    return tf.reshape(tf.transpose(new), shape)
+
+
 class Updater:
     """Base class: drop the smallest |w| among active entries, grow by ``grow_scores``.
 
@@ -134,6 +176,15 @@ class Updater:
     needs_grad = GRAD_NEVER
     needs_momentum = False
 
+    def __init__(self, structure: str = "unstructured"):
+        """``structure="constant_fan_in"`` drops and grows per output unit (last axis of
+        the weight), so each unit keeps its number of inputs; ``"unstructured"`` (default)
+        counts over the whole weight."""
+        if structure not in ("unstructured", "constant_fan_in"):
+            raise ValueError(f"unknown structure {structure!r}; use 'unstructured' or "
+                             "'constant_fan_in'")
+        self.structure = structure
+
     def drop_scores(self, state: UnitState):
         """Larger is kept. Default: |w| (inactive entries are excluded by ``select``)."""
         return tf.abs(state.weight)
@@ -145,6 +196,13 @@ class Updater:
     def new_mask(self, state: UnitState, drop_fraction):
         """The mask after one update that drops and regrows ``drop_fraction`` of the active
         entries; the number of active entries is unchanged."""
+        if self.structure == "constant_fan_in" and len(state.mask.shape) >= 2:
+            mask = tf.cast(state.mask, tf.float32)
+            per_unit = tf.cast(tf.reshape(mask, [-1, tf.shape(mask)[-1]]) > 0.5, tf.int32)
+            n_active = tf.reduce_sum(per_unit, axis=0)
+            n_drop = drop_count(n_active, drop_fraction)
+            return select_per_unit(self.drop_scores(state), self.grow_scores(state), mask,
+                                   n_active - n_drop, n_drop, _fold(state.seed, _SALT_TIES))
         n_active = tf.reduce_sum(tf.cast(tf.cast(state.mask, tf.float32) > 0.5, tf.int32))
         n_drop = drop_count(n_active, drop_fraction)
         return select(self.drop_scores(state), self.grow_scores(state), state.mask,

@@ -5,6 +5,7 @@
     saved_model/          SavedModel, signature "serving_default" (loads without tf_lottery)
     model_dense.tflite    float TFLite model
     model_sparse.tflite   the same, weights in TFLite's sparse format (EXPERIMENTAL_SPARSITY)
+    model_condensed.tflite  with condense=: the condensed SavedModel, if the converter takes it
     sparsity.json         per-weight sparsity and the masks' provenance
     export_report.json    parameters, non-zeros, file sizes (and gzip), FLOPs, TFLite latency
 
@@ -15,9 +16,11 @@ outputs (max abs difference <= ``atol``) and holds exactly the model's non-zeros
 none outside the masks. Everything is written into a temporary folder beside ``path``
 and renamed into place at the end, so ``path`` is either complete or absent.
 
-Where sparsity gives speed: see ``tf_lottery.export.tflite`` (XNNPACK's sparse kernels
-cover 1x1 convolutions of MobileNet-like CNNs on ARM; elsewhere the sparse TFLite
-model is smaller but runs at dense speed).
+Where sparsity gives speed: ``compact=True`` removes the units the masks disconnected
+(``tf_lottery.export.compact``); ``condense=True`` runs each sparse Dense / 1x1
+convolution on a condensed or sparse kernel where that measured faster than dense at
+``batch_size`` (``tf_lottery.export.condensed``); TFLite's sparse kernels (XNNPACK)
+cover 1x1 convolutions of MobileNet-like CNNs on ARM only (``tf_lottery.export.tflite``).
 
 Import the submodules with ``from tf_lottery.export import tflite`` (``tfl.export`` is
 the function).
@@ -36,6 +39,8 @@ import numpy as np
 from tf_lottery import _io
 from tf_lottery._io import honour_umask, move_aside
 from tf_lottery._keras import keras, tf
+from tf_lottery.export import compact as _compact
+from tf_lottery.export import condensed as _condensed
 from tf_lottery.export import report as _report
 from tf_lottery.export import saved_model as _saved_model
 from tf_lottery.export import tflite as _tflite
@@ -45,6 +50,7 @@ from tf_lottery.masking.api import masked_layers, sparsity_report, strip
 SAVED_MODEL_DIR = "saved_model"
 DENSE_TFLITE = "model_dense.tflite"
 SPARSE_TFLITE = "model_sparse.tflite"
+CONDENSED_TFLITE = "model_condensed.tflite"
 SPARSITY_JSON = "sparsity.json"
 REPORT_JSON = "export_report.json"
 
@@ -148,7 +154,8 @@ def export(model, path, overwrite: bool = False, sample=None,
            provenance: Optional[Mapping[str, object]] = None, tflite: bool = True, *,
            input_shape: Optional[Sequence[int]] = None, verify: bool = True,
            atol: float = 1e-5, latency_runs: int = 50, num_threads: int = 1,
-           verbose: bool = True) -> ExportReport:
+           verbose: bool = True, compact: bool = False, condense=False,
+           batch_size: int = 1) -> ExportReport:
     """Writes ``model`` (sparsified or plain) as a plain SavedModel, TFLite models and reports.
 
     Args:
@@ -175,6 +182,19 @@ def export(model, path, overwrite: bool = False, sample=None,
       latency_runs, num_threads: TFLite latency = median of ``latency_runs`` invocations
         per model, interleaved, with this many interpreter threads.
       verbose: print the report table.
+      compact: remove the units the masks disconnected first (``tfl.compact``); the
+        report lists the units removed per layer.
+      condense: run each sparse Dense / 1x1 convolution as a condensed gather or a
+        sparse-dense matmul where that measured faster than dense at ``batch_size``
+        (per-layer fallback to dense; ``tf_lottery.export.condensed``). The SavedModel
+        then holds ``indices``/``values`` instead of those kernels, loads with plain
+        ``tf.saved_model.load`` (not ``tf_keras.models.load_model``), and the report gives
+        each layer's path and speed-up and the whole graph's latency against dense. The
+        TFLite files are converted from the model before condensing (and the condensed
+        SavedModel to ``model_condensed.tflite`` if the converter takes it). A path name
+        (``"gather"``, ``"gather_t"``, ``"gather_loop"``, ``"sparse_matmul"``) forces it on
+        every eligible layer at least 50% sparse, without timing.
+      batch_size: the batch size the kernels are chosen for.
 
     Returns:
       The report (an ``ExportReport`` dict, also saved as ``export_report.json``).
@@ -202,6 +222,16 @@ def export(model, path, overwrite: bool = False, sample=None,
     reference = _saved_model.flat_outputs(model(_saved_model.model_inputs(batch),
                                                 training=False))
     plain = strip(model) if masked else model
+    dense_plain, compact_info, condensed_info = plain, None, None
+    if compact:
+        plain, removed = _compact.compact(plain, return_report=True)
+        compact_info = {"layers": list(removed), "params_before": removed.params_before,
+                        "params_after": removed.params_after}
+    tflite_model = plain
+    if condense:
+        plain, paths = _condensed.condense(
+            plain, batch_size=batch_size, force=condense if isinstance(condense, str) else None)
+        condensed_info = {"batch_size": int(batch_size), "layers": paths}
     mask_index = _mask_index(plain, model) if masked else {}
     try:
         rows = sparsity_report(model)
@@ -224,9 +254,17 @@ def export(model, path, overwrite: bool = False, sample=None,
         tflite_info = {"enabled": bool(tflite), "error": None}
         latency, analysis = None, None
         if tflite:
-            converted = _tflite.convert_both(sm_dir)
-            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse")):
-                if converted[key] is not None:
+            tflite_dir = sm_dir
+            if tflite_model is not plain:  # converted before condensing; not kept
+                tflite_dir = os.path.join(tmp, ".tflite_source")
+                _saved_model.save(tflite_model, tflite_dir, specs)
+            converted = _tflite.convert_both(tflite_dir)
+            if tflite_dir != sm_dir:
+                shutil.rmtree(tflite_dir)
+                converted["condensed"] = _condensed.convert_tflite(sm_dir, tflite_info)
+            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse"),
+                              (CONDENSED_TFLITE, "condensed")):
+                if converted.get(key) is not None:
                     with open(os.path.join(tmp, name), "wb") as f:
                         f.write(converted[key])
                     files[name] = _report.file_sizes(os.path.join(tmp, name))
@@ -239,7 +277,8 @@ def export(model, path, overwrite: bool = False, sample=None,
                 try:
                     analysis = _tflite.analyze_sparse(converted["sparse"])
                     latency = _tflite.measure_latency(
-                        {"dense": converted["dense"], "sparse": converted["sparse"]},
+                        {k: converted[k] for k in ("dense", "sparse", "condensed")
+                         if converted.get(k) is not None},
                         runs=latency_runs, num_threads=num_threads,
                         example={k: v[:1] for k, v in batch.items()},
                         reference={n: r[:1] for n, r in zip(names, reference)})
@@ -251,7 +290,15 @@ def export(model, path, overwrite: bool = False, sample=None,
                                   + tflite_info["latency_error"], UserWarning, stacklevel=2)
             tflite_info["sparse_encoding"] = analysis
 
-        flops = _report.flops(plain)
+        flops = _report.flops(tflite_model)
+        graph_latency = None
+        if compact or condense:
+            example = _saved_model.model_inputs(
+                _saved_model.make_sample(specs, batch_size, seed=1))
+            ms = _condensed.model_latency({"dense": dense_plain, "exported": plain}, example,
+                                          rounds=latency_runs)
+            graph_latency = {"batch_size": int(batch_size), "runs": latency_runs,
+                             "median_ms": ms, "speedup": ms["dense"] / ms["exported"]}
         size_ratio = {}
         if DENSE_TFLITE in files and SPARSE_TFLITE in files:
             d, s = files[DENSE_TFLITE], files[SPARSE_TFLITE]
@@ -273,7 +320,7 @@ def export(model, path, overwrite: bool = False, sample=None,
             "path": path,
             "model": model.name,
             "masked": masked,
-            "parameters": _report.parameter_counts(plain),
+            "parameters": _report.parameter_counts(tflite_model),
             "prunable": total,
             "flops": flops,
             "files": files,
@@ -282,6 +329,9 @@ def export(model, path, overwrite: bool = False, sample=None,
             "latency": latency,
             "tflite": tflite_info,
             "verification": verification,
+            "compact": compact_info,
+            "condensed": condensed_info,
+            "saved_model_latency": graph_latency,
             "speed_note": note,
             "host": {"machine": platform.machine(), "processor": platform.processor(),
                      "xnnpack_sparse_kernels": _tflite.host_allows_xnnpack_sparse()},
@@ -334,3 +384,4 @@ __all__ = ["export", "ExportReport", "VerificationError"]
 # subpackage as an attribute of tf_lottery; ``import tf_lottery.export.tflite as m``
 # looks the submodules up through that attribute, so the function carries them too.
 export.saved_model, export.tflite, export.report = _saved_model, _tflite, _report
+export.compact, export.condensed = _compact, _condensed

@@ -18,8 +18,8 @@ import os
 from absl import app, flags
 
 FLAG_NAMES = ("run_dir", "level", "kind", "checkpoint", "output_dir", "overwrite", "tflite",
-              "input_shape", "verify", "latency_runs", "num_threads", "method", "sparsity",
-              "gin_file")
+              "input_shape", "verify", "latency_runs", "num_threads", "compact", "condense",
+              "batch_size", "method", "sparsity", "gin_file")
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -58,6 +58,16 @@ def define_flags(flag_values=flags.FLAGS) -> None:
             flag_values=flag_values),
         "num_threads": lambda: flags.DEFINE_integer(
             "num_threads", 1, "TFLite interpreter threads.", flag_values=flag_values),
+        "compact": lambda: flags.DEFINE_bool(
+            "compact", False, "Remove the units the masks disconnected (tfl.compact).",
+            flag_values=flag_values),
+        "condense": lambda: flags.DEFINE_string(
+            "condense", None, "Run sparse Dense/1x1 conv layers on condensed or sparse kernels "
+            "where faster: 'auto' (timed per layer), or force gather, gather_t, gather_loop or "
+            "sparse_matmul.", flag_values=flag_values),
+        "batch_size": lambda: flags.DEFINE_integer(
+            "batch_size", 1, "Batch size the condensed kernels are timed at.",
+            flag_values=flag_values),
         "method": lambda: flags.DEFINE_string(
             "method", None, "With --checkpoint, provenance: how the masks were made "
             "(e.g. rigl, imp).", flag_values=flag_values),
@@ -95,7 +105,8 @@ def export_checkpoint(FLAGS=flags.FLAGS):
     options = {"overwrite": FLAGS.overwrite, "tflite": FLAGS.tflite, "verify": FLAGS.verify,
                "latency_runs": FLAGS.latency_runs, "num_threads": FLAGS.num_threads,
                "input_shape": [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape
-               else None}
+               else None, "compact": FLAGS.compact, "batch_size": FLAGS.batch_size,
+               "condense": True if FLAGS.condense == "auto" else (FLAGS.condense or False)}
     if FLAGS.run_dir:
         from tf_lottery.export.run_folder import export_run
         return export_run(FLAGS.run_dir, FLAGS.output_dir, FLAGS.level, FLAGS.kind, **options)

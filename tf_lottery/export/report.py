@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from tf_lottery._keras import keras
+from tf_lottery.export.condensed import table_lines
 
 try:  # tf_keras's node keys: which nodes of a shared layer belong to a model
     from tf_keras.src.engine.functional import _make_node_key
@@ -239,4 +240,5 @@ def table(report: Mapping[str, object]) -> str:
                      f"{v['nonzeros']:,} non-zeros as expected")
     if report.get("speed_note"):
         lines.append("Speed: " + report["speed_note"])
+    lines += table_lines(report)
     return "\n".join(lines)

@@ -145,7 +145,7 @@ def _check_traversable(model, allow_wrapped: bool = False) -> bool:
 def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str = "random",
              seed: Optional[int] = None, dense_layers: Sequence[str] = (),
              custom_sparsity: Optional[Mapping[str, float]] = None,
-             erk_power_scale: float = 1.0):
+             erk_power_scale: float = 1.0, structure: str = "unstructured"):
     """Wraps every prunable layer of ``model`` in a ``MaskedLayer`` and draws its masks.
 
     The returned model shares its layers (and so its weights) with ``model``, as
@@ -171,6 +171,11 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         Layers tfmot cannot prune but that have trainable weights (a Dense subclass,
         DepthwiseConv2D) must be listed in ``dense_layers`` to be left dense; a class
         name there (``"DepthwiseConv2D"``) covers every layer of that class.
+      structure: ``"unstructured"`` or ``"constant_fan_in"``: every output unit (last
+        axis of a kernel) keeps the same number of inputs, at the weight's sparsity from
+        ``distribution`` (SRigL; ``tf_lottery.masking.selection.constant_fan_in_mask``).
+        RigL/SET/SNFS keep it when given ``structure="constant_fan_in"`` too, and
+        ``tfl.export(..., condense=True)`` can run such layers as gathers.
 
     Returns:
       The sparsified model (not compiled).
@@ -182,6 +187,11 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     if distribution not in distributions.METHODS + ("global",):
         raise ValueError(f"unknown distribution {distribution!r}; use one of "
                          f"{distributions.METHODS + ('global',)}")
+    if structure not in selection.STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; use one of {selection.STRUCTURES}")
+    if structure == "constant_fan_in" and distribution == "global":
+        raise ValueError("structure='constant_fan_in' needs a per-layer sparsity; use "
+                         "distribution='erk' or 'uniform' instead of 'global'")
     if distribution == "global" and mask_init != "magnitude":
         raise ValueError("distribution='global' selects weights by magnitude across layers; "
                          "pass mask_init='magnitude'")
@@ -210,7 +220,14 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     sparsities = _weight_sparsities(model, distributions.check_sparsity(sparsity), method,
                                      dense_prunable, custom_sparsity, erk_power_scale, units)
     values = {u.key: u.weight.numpy() for u in units}
-    if distribution == "global":
+    if structure == "constant_fan_in":
+        rng = np.random.default_rng(seed)
+        masks = {u.key: (selection.constant_fan_in_mask(u.shape, sparsities[u.key], rng=rng)
+                         if mask_init == "random" else
+                         selection.constant_fan_in_mask(u.shape, sparsities[u.key],
+                                                        weight=values[u.key]))
+                 if sparsities[u.key] > 0 else np.ones(u.shape, np.float32) for u in units}
+    elif distribution == "global":
         pins = _pins(units, dense_prunable, custom_sparsity)
         free = [u.key for u in units if u.key not in pins]
         masks = selection.global_magnitude_masks({k: values[k] for k in free}, sparsity)

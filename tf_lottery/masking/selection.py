@@ -135,3 +135,46 @@ def prune_surviving(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
         target = (size - alive + count_zeros(alive, fractions[k])) / size
         out[k] = magnitude_mask(weights[k], target, masks[k])
     return {k: out[k] for k in weights}
+
+
+STRUCTURES = ("unstructured", "constant_fan_in")
+
+
+def fan_in_count(shape, sparsity: float) -> int:
+    """Inputs kept per output unit of a weight shaped ``(..., fan_in, out)`` (the last axis
+    is the output unit: Dense ``(in, out)``, Conv ``(kh, kw, in, out)``) at ``sparsity``:
+    ``fan_in - count_zeros(fan_in, sparsity)``, at least 1."""
+    fan_in = int(np.prod(shape[:-1]))
+    return max(1, fan_in - count_zeros(fan_in, sparsity))
+
+
+def constant_fan_in_mask(shape, sparsity: float, rng: Optional[np.random.Generator] = None,
+                         weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """A mask in which every output unit (last axis) keeps exactly ``fan_in_count`` inputs.
+
+    The kept inputs of each unit are its largest-magnitude entries of ``weight`` (ties to
+    the lower index) or, without ``weight``, drawn at random from ``rng``. A 1-D weight
+    has one unit per entry and is returned dense. The mask's sparsity is ``sparsity``
+    up to rounding per unit (SRigL, Lasby et al. 2023).
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2:
+        return np.ones(shape, dtype=np.float32)
+    fan_in, out = int(np.prod(shape[:-1])), shape[-1]
+    k = fan_in_count(shape, sparsity)
+    if weight is not None:
+        scores = np.abs(np.asarray(weight, dtype=np.float64)).reshape(fan_in, out)
+        keep = np.argsort(-scores, axis=0, kind="stable")[:k]
+    else:
+        if rng is None:
+            raise ValueError("constant_fan_in_mask needs rng (random) or weight (magnitude)")
+        keep = np.argsort(rng.random((fan_in, out)), axis=0)[:k]
+    mask = np.zeros((fan_in, out), dtype=np.float32)
+    np.put_along_axis(mask, keep, 1.0, axis=0)
+    return mask.reshape(shape)
+
+
+def fan_in_counts(mask: np.ndarray) -> np.ndarray:
+    """Number of active inputs of each output unit (last axis) of ``mask``."""
+    mask = np.asarray(mask)
+    return np.count_nonzero(mask.reshape(-1, mask.shape[-1]), axis=0)

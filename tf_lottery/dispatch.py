@@ -1,0 +1,42 @@
+"""``tfl.sparsify`` & co. for both Kerases: each call looks at its model and routes it.
+
+A model is a Keras 3 model if it is an instance of ``keras.Model`` from Keras 3 (only
+checked when Keras 3 is already imported, so a tf_keras-only process never loads it);
+anything else goes to the tf_keras path (tfmot), which rejects non-tf_keras models with
+its own error.
+"""
+import functools
+import sys
+
+from tf_lottery.masking import api as _tf_keras_api
+
+
+def is_keras3(model) -> bool:
+    """Whether ``model`` is a Keras 3 (``import keras``) model or layer."""
+    keras = sys.modules.get("keras")
+    if keras is None or not str(getattr(keras, "__version__", "")).startswith("3."):
+        return False
+    return isinstance(model, (keras.Model, keras.layers.Layer))
+
+
+def _route(name):
+    tf_keras_fn = getattr(_tf_keras_api, name)
+
+    @functools.wraps(tf_keras_fn)
+    def routed(model, *args, **kwargs):
+        if is_keras3(model):
+            from tf_lottery.keras3 import api as keras3_api
+            return getattr(keras3_api, name)(model, *args, **kwargs)
+        return tf_keras_fn(model, *args, **kwargs)
+    return routed
+
+
+sparsify = _route("sparsify")
+strip = _route("strip")
+get_masks = _route("get_masks")
+set_masks = _route("set_masks")
+apply_masks = _route("apply_masks")
+get_weights = _route("get_weights")
+masked_layers = _route("masked_layers")
+sparsity_distribution = _route("sparsity_distribution")
+sparsity_report = _route("sparsity_report")

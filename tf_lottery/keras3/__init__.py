@@ -1,0 +1,11 @@
+"""tf-lottery for Keras 3 models (``import keras``), on the TensorFlow and JAX backends."""
+from tf_lottery.keras3.registry import PrunableLayer, is_prunable, prunable_weights
+from tf_lottery.keras3.wrapper import MaskedLayer
+
+__all__ = ["MaskedLayer", "PrunableLayer", "is_prunable", "prunable_weights"]
+from tf_lottery.keras3.api import (apply_masks, get_masks, get_weights, masked_layers,  # noqa: E402
+                                   set_masks, sparsify, sparsity_distribution, sparsity_report,
+                                   strip)
+
+__all__ += ["apply_masks", "get_masks", "get_weights", "masked_layers", "set_masks", "sparsify",
+            "sparsity_distribution", "sparsity_report", "strip"]

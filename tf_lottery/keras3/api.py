@@ -1,0 +1,285 @@
+"""sparsify, strip, masks and reports for Keras 3 models (the Keras 3 side of ``tfl.*``).
+
+Same contract as ``tf_lottery.masking.api`` (the tf_keras path): a *weight key* is
+``"<layer name>/<weight name>"`` with the user's layer name (``"d1/kernel"``,
+``"mha/query_kernel"``), the same for the wrapped and the plain model. The pure math
+(sparsity distributions, mask selection) is the shared numpy code of
+``tf_lottery.masking.distributions`` / ``selection``.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import keras
+import numpy as np
+
+from tf_lottery.masking import distributions, selection
+from tf_lottery.masking.api import SparsityReport  # the printable table, shared
+from tf_lottery.keras3 import registry, state
+from tf_lottery.keras3.wrapper import MaskedLayer
+
+MASK_INITS = ("random", "magnitude")
+
+
+def _walk(layer):
+    """Every layer of ``layer`` (nested models included), model order; wrappers not opened."""
+    for sub in getattr(layer, "layers", []):
+        yield sub
+        if isinstance(sub, keras.Model):
+            yield from _walk(sub)
+
+
+class _Unit:
+    """One prunable weight: its (wrapper or plain) layer, inner layer, variable, mask."""
+
+    def __init__(self, layer, inner, weight, name, mask=None):
+        self.layer, self.inner, self.weight, self.mask = layer, inner, weight, mask
+        self.key = f"{inner.name}/{name}"
+        self.shape = tuple(int(d) for d in weight.shape)
+        self.size = int(np.prod(self.shape))
+
+    def value(self) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(self.weight.value))
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a Keras 3 Model, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built: give it an Input or call it once "
+                         "on data before sparsifying")
+
+
+def _units(model, unsupported: Optional[List] = None) -> List[_Unit]:
+    _check_model(model)
+    units = []
+    for layer in _walk(model):
+        if isinstance(layer, MaskedLayer):
+            units += [_Unit(layer, layer.layer, w, n, m)
+                      for (w, m), n in zip(layer.masked_weights, layer.weight_names)]
+            continue
+        if isinstance(layer, keras.Model):
+            continue
+        weights = registry.prunable_weights(layer)
+        if weights is None:
+            if unsupported is not None and layer.trainable_weights:
+                unsupported.append(layer)
+            continue
+        units += [_Unit(layer, layer, w,
+                        registry.weight_name(layer, registry.find_owner(layer, w)[0], w))
+                  for w in weights]
+    return units
+
+
+def _require_units(model, units):
+    if not units:
+        raise ValueError(f"model {model.name!r} has no prunable layer (Dense, Conv, Embedding, "
+                         "... or a layer with get_prunable_weights())")
+
+
+def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
+    by_name: Dict[str, List[str]] = {}
+    for u in units:
+        by_name.setdefault(u.inner.name, []).append(u.key)
+        by_name.setdefault(u.key, []).append(u.key)
+    requested = [(n, 0.0) for n in (dense_layers or ())]
+    requested += list((custom_sparsity or {}).items())
+    unknown = sorted({n for n, _ in requested if n not in by_name})
+    if unknown:
+        names = sorted({u.inner.name for u in units})
+        raise ValueError(f"dense_layers/custom_sparsity name {unknown}, which are not prunable "
+                         f"layers of the model; prunable layers are {names}")
+    pins = {}
+    for name, value in requested:
+        distributions.check_sparsity(value, f"custom sparsity of {name!r}")
+        for key in by_name[name]:
+            pins[key] = float(value)
+    return pins
+
+
+def _weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
+                       erk_power_scale) -> Dict[str, float]:
+    pins = _pins(units, dense_layers, custom_sparsity)
+    return distributions.distribute({u.key: u.shape for u in units}, sparsity, method, pins,
+                                    erk_power_scale)
+
+
+def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_layers=(),
+                          custom_sparsity: Optional[Mapping[str, float]] = None,
+                          erk_power_scale: float = 1.0,
+                          per_weight: bool = False) -> Dict[str, float]:
+    """Per-layer (or per-weight) sparsity of every prunable layer of a Keras 3 ``model``;
+    arguments as in ``tf_lottery.masking.api.sparsity_distribution``."""
+    units = _units(model)
+    _require_units(model, units)
+    values = _weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
+                                erk_power_scale)
+    if per_weight:
+        return values
+    groups: Dict[str, List[str]] = {}
+    for u in units:
+        groups.setdefault(u.inner.name, []).append(u.key)
+    return distributions.parameter_weighted(values, {u.key: u.shape for u in units}, groups)
+
+
+def _check_traversable(model):
+    functional = hasattr(model, "_nodes_by_depth")  # Keras 3 has no public "is functional"
+    if not (isinstance(model, keras.Sequential) or functional):
+        raise TypeError(
+            f"model {model.name!r} is a subclassed model, which tf-lottery cannot rebuild; use "
+            "the Sequential or functional API, or wrap its layers yourself with "
+            "tf_lottery.keras3.MaskedLayer(layer) inside the model")
+
+
+def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str = "random",
+             seed: Optional[int] = None, dense_layers: Sequence[str] = (),
+             custom_sparsity: Optional[Mapping[str, float]] = None,
+             erk_power_scale: float = 1.0):
+    """Wraps every prunable layer of a Keras 3 ``model`` in a ``MaskedLayer`` and draws masks.
+
+    The returned model shares its layers (and weights) with ``model``; masked weights
+    become 0. Arguments as in ``tf_lottery.masking.api.sparsify``.
+    """
+    _check_model(model)
+    _check_traversable(model)
+    if mask_init not in MASK_INITS:
+        raise ValueError(f"unknown mask_init {mask_init!r}; use one of {MASK_INITS}")
+    if distribution not in distributions.METHODS + ("global",):
+        raise ValueError(f"unknown distribution {distribution!r}; use one of "
+                         f"{distributions.METHODS + ('global',)}")
+    if distribution == "global" and mask_init != "magnitude":
+        raise ValueError("distribution='global' selects weights by magnitude across layers; "
+                         "pass mask_init='magnitude'")
+    sparsity = distributions.check_sparsity(sparsity)
+    unsupported: List = []
+    units = _units(model, unsupported)
+    if any(u.mask is not None for u in units):
+        raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
+                         "tfl.set_masks, or tfl.strip it first")
+    _require_units(model, units)
+    classes = {type(layer).__name__ for layer in _walk(model)}
+    skip = {n for n in (dense_layers or ()) if n not in classes}
+    skip |= {layer.name for layer in _walk(model)
+             if type(layer).__name__ in set(dense_layers or ())}
+    blocked = [layer for layer in unsupported if layer.name not in skip]
+    if blocked:
+        raise ValueError(
+            "these layers have trainable weights but tf-lottery cannot prune them: "
+            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
+            + ". Give the layer a get_prunable_weights() method "
+            "(tf_lottery.keras3.PrunableLayer) to prune it, or list it in dense_layers")
+    unsupported_names = {layer.name for layer in unsupported}
+    dense_prunable = [n for n in skip if n not in unsupported_names]
+    method = "uniform" if distribution == "global" else distribution
+    sparsities = _weight_sparsities(units, sparsity, method, dense_prunable, custom_sparsity,
+                                    erk_power_scale)
+    if distribution == "global":
+        pins = _pins(units, dense_prunable, custom_sparsity)
+        values = {u.key: u.value() for u in units}
+        free = [k for k in values if k not in pins]
+        masks = selection.global_magnitude_masks({k: values[k] for k in free}, sparsity)
+        masks.update({k: selection.magnitude_mask(values[k], s) for k, s in pins.items()})
+    elif mask_init == "magnitude":
+        masks = {u.key: selection.magnitude_mask(u.value(), sparsities[u.key]) for u in units}
+    else:
+        rng = np.random.default_rng(seed)
+        masks = {u.key: selection.random_mask(u.shape, sparsities[u.key], rng) for u in units}
+
+    to_wrap = {id(u.layer) for u in units}
+    wrapped = keras.models.clone_model(
+        model, clone_function=lambda layer: MaskedLayer(layer) if id(layer) in to_wrap else layer,
+        recursive=True)
+    set_masks(wrapped, masks)
+    return wrapped
+
+
+def masked_layers(model) -> List[MaskedLayer]:
+    """The MaskedLayers of a Keras 3 ``model`` in model order (nested models included)."""
+    return [layer for layer in _walk(model) if isinstance(layer, MaskedLayer)]
+
+
+def _masked_units(model) -> List[_Unit]:
+    units = [u for u in _units(model) if u.mask is not None]
+    if not units:
+        raise ValueError(f"model {model.name!r} has no MaskedLayer; call tfl.sparsify first")
+    return units
+
+
+def get_masks(model) -> Dict[str, np.ndarray]:
+    """Weight key -> mask (float32 0/1 array) of every MaskedLayer in ``model``."""
+    return {u.key: np.asarray(keras.ops.convert_to_numpy(u.mask.value), dtype=np.float32)
+            for u in _masked_units(model)}
+
+
+def _retrace(model) -> None:
+    """Drops compiled functions that baked the masks in (JAX: the masks' constraints)."""
+    if keras.config.backend() != "tensorflow":
+        model.train_function = None
+
+
+def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
+    """Sets masks by weight key (keys must exist) and keeps the invariant: entries turned
+    off or on become 0 in the weights and get their initial optimizer state (the compiled
+    optimizer's and ``optimizer``'s, one or a list, EMA copies included)."""
+    units = _masked_units(model)
+    known = {u.key for u in units}
+    unknown = sorted(set(masks) - known)
+    if unknown:
+        raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    optimizers = state.live_optimizers(model, optimizer)
+    updates = []
+    for layer in masked_layers(model):
+        keys = [u.key for u in units if u.layer is layer]
+        if any(k in masks for k in keys):
+            current = layer.get_masks()
+            updates.append((layer, [masks.get(k, c) for k, c in zip(keys, current)]))
+    for layer, values in updates:  # check every layer's masks before changing any
+        layer.check_masks(values)
+    for layer, values in updates:
+        layer.set_masks(values, optimizers)
+    _retrace(model)
+
+
+def apply_masks(model) -> None:
+    """Re-zeroes every masked weight of ``model`` (after writing weights directly)."""
+    for layer in masked_layers(model):
+        layer.apply_masks()
+
+
+def get_weights(model) -> Dict[str, np.ndarray]:
+    """Weight key -> current values of every prunable weight; masked entries re-zeroed."""
+    apply_masks(model)
+    return {u.key: u.value() for u in _units(model)}
+
+
+def strip(model):
+    """A plain Keras 3 model: wrappers removed, masked weights baked in as exact zeros.
+
+    Shares its layers with ``model`` and gives the same outputs; each weight gets its own
+    constraint back, so the result (and ``model``) no longer enforce masks.
+    """
+    _check_model(model)
+    _check_traversable(model)
+    apply_masks(model)
+    return keras.models.clone_model(
+        model, recursive=True,
+        clone_function=lambda layer: layer.release() if isinstance(layer, MaskedLayer) else layer)
+
+
+def sparsity_report(model) -> SparsityReport:
+    """Per-weight rows and a total row (layer, weight, shape, params, nonzeros, sparsity),
+    as ``tf_lottery.masking.api.sparsity_report``."""
+    units = _units(model)
+    _require_units(model, units)
+    report = SparsityReport()
+    for u in units:
+        nonzeros = int(np.count_nonzero(u.value()))
+        active = nonzeros if u.mask is None else int(
+            np.count_nonzero(keras.ops.convert_to_numpy(u.mask.value)))
+        report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
+                       "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
+                       "active": active, "sparsity": 1.0 - active / u.size})
+    params = sum(r["params"] for r in report)
+    active = sum(r["active"] for r in report)
+    report.append({"layer": "total", "weight": "", "shape": [], "params": params,
+                   "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
+                   "sparsity": 1.0 - active / params})
+    return report

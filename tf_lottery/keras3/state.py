@@ -1,0 +1,109 @@
+"""Optimizer state of masked weights for Keras 3 optimizers, and the mask write.
+
+Every mask write must also reset the optimizer state (momentum, moments, accumulators,
+EMA copies) of the entries it turns off or on, or an optimizer would move a masked
+weight away from 0. Keras 3 optimizers create their per-weight state in ``build`` with
+``add_variable_from_reference`` / ``add_optimizer_variables`` as lists indexed like the
+trainable variables (``optimizer._get_variable_index(variable)``, the lookup every
+built-in ``update_step`` uses); there is no public "slots of this variable" query, so
+these lists are found among the optimizer's attributes, and any other per-weight state
+raises a ValueError. keras.ops only: runs on every backend.
+"""
+from typing import List, Sequence, Tuple
+
+import keras
+from keras import ops
+
+_INITIAL_VALUE_ATTR = {"_accumulators": "initial_accumulator_value"}  # Adagrad, Ftrl
+
+
+def unwrap(optimizer):
+    """The optimizer that holds the state (a ``LossScaleOptimizer``'s inner optimizer)."""
+    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def live_optimizers(model=None, optimizers=()) -> list:
+    """``optimizers`` (one, a list, or None) and ``model``'s compiled optimizer, each once,
+    loss scaling unwrapped; raises ValueError for a non-Keras-3 optimizer."""
+    if optimizers is None:
+        optimizers = ()
+    elif not isinstance(optimizers, (list, tuple)):
+        optimizers = (optimizers,)
+    out, seen = [], set()
+    for optimizer in list(optimizers) + [getattr(model, "optimizer", None)]:
+        if optimizer is None:
+            continue
+        optimizer = unwrap(optimizer)
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ValueError(f"optimizer {type(optimizer).__name__} is not a Keras 3 optimizer "
+                             "(keras.optimizers.*), so tf-lottery cannot reset its per-weight "
+                             "state when masks change")
+        if id(optimizer) not in seen:
+            seen.add(id(optimizer))
+            out.append(optimizer)
+    return out
+
+
+def _slot_lists(optimizer):
+    """``attribute name -> list of per-weight variables`` of a built optimizer."""
+    n = len(optimizer._trainable_variables)
+    lists = {}
+    for name, value in vars(optimizer).items():
+        if name in ("_variables", "_trainable_variables") or not isinstance(value, (list, tuple)):
+            continue
+        if n and len(value) == n and all(v is None or isinstance(v, keras.Variable)
+                                         for v in value):
+            lists[name] = value
+    claimed = {id(v) for value in lists.values() for v in value if v is not None}
+    strays = [v for v in optimizer.variables if id(v) not in claimed and len(v.shape) > 0]
+    if strays:
+        raise ValueError(
+            f"optimizer {type(optimizer).__name__} keeps per-weight state that tf-lottery cannot "
+            f"map to weights ({', '.join(v.path for v in strays[:3])}), so the state of masked "
+            "entries cannot be reset; use SGD, Adam, AdamW, RMSprop, Nadam, Adamax, Adagrad, "
+            "Adadelta, Lion or Ftrl")
+    return lists
+
+
+def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
+    """``(state variables, reset values)`` of ``variable`` in every built optimizer tracking it.
+
+    EMA copies (``use_ema=True``) reset to 0, Adagrad's / Ftrl's accumulators to
+    ``initial_accumulator_value``, everything else to 0.
+    """
+    slots, fills = [], []
+    for optimizer in optimizers:
+        if not optimizer.built or id(variable) not in {id(v) for v in
+                                                        optimizer._trainable_variables}:
+            continue
+        index = optimizer._get_variable_index(variable)
+        for name, values in _slot_lists(optimizer).items():
+            slot = values[index]
+            if slot is None:
+                continue
+            if tuple(slot.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"optimizer {type(optimizer).__name__} keeps state {name!r} of shape "
+                    f"{tuple(slot.shape)} for weight {variable.path} of shape "
+                    f"{tuple(variable.shape)}; it cannot be reset entry by entry")
+            fill = 0.0
+            if name in _INITIAL_VALUE_ATTR and hasattr(optimizer, _INITIAL_VALUE_ATTR[name]):
+                fill = float(getattr(optimizer, _INITIAL_VALUE_ATTR[name]))
+            slots.append(slot)
+            fills.append(fill)
+    return slots, fills
+
+
+def assign_mask(weight, mask, new_mask, slots: Sequence = (), fills: Sequence[float] = ()):
+    """Sets ``mask`` to ``new_mask``; entries turned off or on become 0 in ``weight`` and get
+    their reset value in each slot; entries kept on are unchanged."""
+    old = ops.cast(mask.value, "float32")
+    new = ops.reshape(ops.cast(new_mask, "float32"), ops.shape(old))
+    keep = old * new
+    weight.assign(weight.value * ops.cast(keep, weight.dtype))
+    for slot, fill in zip(slots, list(fills) + [0.0] * (len(slots) - len(fills))):
+        kept = ops.cast(keep, slot.dtype)
+        slot.assign(slot.value * kept + ops.cast(fill, slot.dtype) * (1 - kept))
+    mask.assign(ops.cast(new, mask.dtype))
