@@ -7,12 +7,12 @@ import subprocess
 import pytest
 
 
-def free_ports(n: int):
-    """``n`` distinct free localhost ports (all bound at once, then released)."""
+def free_ports(n: int, host: str = "localhost"):
+    """``n`` distinct free ports on ``host`` (all bound at once, then released)."""
     sockets = []
     for _ in range(n):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("localhost", 0))
+        s.bind((host, 0))
         sockets.append(s)
     ports = [s.getsockname()[1] for s in sockets]
     for s in sockets:
