@@ -2,9 +2,9 @@
 
 Same contract as ``tf_lottery.masking.api`` (the tf_keras path): a *weight key* is
 ``"<layer name>/<weight name>"`` with the user's layer name (``"d1/kernel"``,
-``"mha/query_kernel"``), the same for the wrapped and the plain model. The pure math
-(sparsity distributions, mask selection) is the shared numpy code of
-``tf_lottery.masking.distributions`` / ``selection``.
+``"mha/query_kernel"``), the same for the wrapped and the plain model. Everything that
+does not touch Keras (pins, per-weight sparsities, ``dense_layers``, mask checks, report
+rows) is shared with that path: ``tf_lottery.masking.plan``, ``distributions``, ``selection``.
 """
 from typing import Dict, List, Mapping, Optional, Sequence
 
