@@ -17,7 +17,7 @@ from tf_lottery.masking.units import require_units as _require_units
 from tf_lottery.masking.units import units as _units
 from tf_lottery.masking.units import walk as _walk
 from tf_lottery.masking import plan
-from tf_lottery.masking.plan import SparsityReport  # noqa: F401  (public as tfl.SparsityReport)
+from tf_lottery.masking.plan import SparsityReport
 from tf_lottery.masking.plan import pins as _pins
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.masking.state import live_optimizers
