@@ -9,22 +9,22 @@
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from workers import run_workers
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, "dst_distributed_helper.py")
 TIMEOUT = 150
 
 
-def _env(**extra):
+def _env():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
-    env.update(extra)
     return env
 
 
@@ -78,34 +78,9 @@ def test_mirrored_custom_loop_matches_one_device_and_fit(mirrored_run):
                                    data[f"rigl/single/weight/{key}"], rtol=1e-4, atol=1e-5)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_multi_worker_mirrored_two_processes_agree(tmp_path):
-    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
-    procs, outs = [], []
-    for index in range(2):
-        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        outs.append(str(tmp_path / f"worker{index}.json"))
-        procs.append(subprocess.Popen(
-            [sys.executable, HELPER, "multiworker", outs[-1]], env=_env(TF_CONFIG=config),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail("MultiWorkerMirroredStrategy workers did not finish in time")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, log in zip(procs, logs):
-        assert proc.returncode == 0, log[-4000:]
+    outs = [str(tmp_path / f"worker{index}.json") for index in range(2)]
+    run_workers(lambda index: [sys.executable, HELPER, "multiworker", outs[index]], 2, TIMEOUT)
     results = []
     for path in outs:
         with open(path) as f:

@@ -1,16 +1,14 @@
 """Identical masks on every worker: seed=None follows Keras' seed; two workers agree."""
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import tf_lottery as tfl
 from tf_lottery._keras import keras, tf
 from tf_lottery.masking import agreement
+from workers import run_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, "mask_agreement_helper.py")
@@ -56,35 +54,9 @@ def test_check_masks_agree_across_mirrored_replicas():
     assert tfl.check_masks_agree(model) != tfl.check_masks_agree(tfl.sparsify(_mlp(), 0.5, seed=1))
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_workers_seed_none_get_identical_masks(tmp_path):
-    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
-    procs, outs = [], []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps({"cluster": cluster,
-                                         "task": {"type": "worker", "index": index}}))
-        outs.append(str(tmp_path / f"worker{index}.json"))
-        procs.append(subprocess.Popen([sys.executable, HELPER, outs[-1]], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail("MultiWorkerMirroredStrategy workers did not finish in time")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, log in zip(procs, logs):
-        assert proc.returncode == 0, log[-4000:]
+    outs = [str(tmp_path / f"worker{index}.json") for index in range(2)]
+    run_workers(lambda index: [sys.executable, HELPER, outs[index]], 2, TIMEOUT)
     chief, worker = (json.load(open(path)) for path in outs)
     assert (chief["task"], worker["task"]) == (0, 1)
     assert chief["replicas"] == worker["replicas"] == 2

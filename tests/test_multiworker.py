@@ -7,26 +7,15 @@ for 4 steps (RigL updates at steps 1-3), exit 0 and report identical weights and
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from workers import free_ports
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds for both workers together; they are killed after it
-
-
-def _free_ports(n: int):
-    sockets = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _result(stdout: str) -> dict:
@@ -36,7 +25,7 @@ def _result(stdout: str) -> dict:
 
 
 def test_two_workers_train_the_same_model(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2, "127.0.0.1")]}
     output_dir = tmp_path / "run"
     start = time.time()
     procs, logs = [], []

@@ -2,17 +2,17 @@
 
 Same contract as ``tf_lottery.masking.api`` (the tf_keras path): a *weight key* is
 ``"<layer name>/<weight name>"`` with the user's layer name (``"d1/kernel"``,
-``"mha/query_kernel"``), the same for the wrapped and the plain model. The pure math
-(sparsity distributions, mask selection) is the shared numpy code of
-``tf_lottery.masking.distributions`` / ``selection``.
+``"mha/query_kernel"``), the same for the wrapped and the plain model. Everything that
+does not touch Keras (pins, per-weight sparsities, ``dense_layers``, mask checks, report
+rows) is shared with that path: ``tf_lottery.masking.plan``, ``distributions``, ``selection``.
 """
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 
-from tf_lottery.masking import distributions, selection
-from tf_lottery.masking.api import SparsityReport  # the printable table, shared
+from tf_lottery.masking import distributions, plan, selection
+from tf_lottery.masking.plan import SparsityReport
 from tf_lottery.keras3 import registry, state
 from tf_lottery.keras3.wrapper import MaskedLayer
 
@@ -75,33 +75,6 @@ def _require_units(model, units):
                          "... or a layer with get_prunable_weights())")
 
 
-def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
-    by_name: Dict[str, List[str]] = {}
-    for u in units:
-        by_name.setdefault(u.inner.name, []).append(u.key)
-        by_name.setdefault(u.key, []).append(u.key)
-    requested = [(n, 0.0) for n in (dense_layers or ())]
-    requested += list((custom_sparsity or {}).items())
-    unknown = sorted({n for n, _ in requested if n not in by_name})
-    if unknown:
-        names = sorted({u.inner.name for u in units})
-        raise ValueError(f"dense_layers/custom_sparsity name {unknown}, which are not prunable "
-                         f"layers of the model; prunable layers are {names}")
-    pins = {}
-    for name, value in requested:
-        distributions.check_sparsity(value, f"custom sparsity of {name!r}")
-        for key in by_name[name]:
-            pins[key] = float(value)
-    return pins
-
-
-def _weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
-                       erk_power_scale) -> Dict[str, float]:
-    pins = _pins(units, dense_layers, custom_sparsity)
-    return distributions.distribute({u.key: u.shape for u in units}, sparsity, method, pins,
-                                    erk_power_scale)
-
-
 def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_layers=(),
                           custom_sparsity: Optional[Mapping[str, float]] = None,
                           erk_power_scale: float = 1.0,
@@ -110,14 +83,9 @@ def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_lay
     arguments as in ``tf_lottery.masking.api.sparsity_distribution``."""
     units = _units(model)
     _require_units(model, units)
-    values = _weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
-                                erk_power_scale)
-    if per_weight:
-        return values
-    groups: Dict[str, List[str]] = {}
-    for u in units:
-        groups.setdefault(u.inner.name, []).append(u.key)
-    return distributions.parameter_weighted(values, {u.key: u.shape for u in units}, groups)
+    values = plan.weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
+                                    erk_power_scale)
+    return values if per_weight else plan.per_layer(units, values)
 
 
 def _check_traversable(model):
@@ -155,24 +123,15 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         raise ValueError(f"model {model.name!r} is already sparsified; change its masks with "
                          "tfl.set_masks, or tfl.strip it first")
     _require_units(model, units)
-    classes = {type(layer).__name__ for layer in _walk(model)}
-    skip = {n for n in (dense_layers or ()) if n not in classes}
-    skip |= {layer.name for layer in _walk(model)
-             if type(layer).__name__ in set(dense_layers or ())}
-    blocked = [layer for layer in unsupported if layer.name not in skip]
-    if blocked:
-        raise ValueError(
-            "these layers have trainable weights but tf-lottery cannot prune them: "
-            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
-            + ". Give the layer a get_prunable_weights() method "
-            "(tf_lottery.keras3.PrunableLayer) to prune it, or list it in dense_layers")
-    unsupported_names = {layer.name for layer in unsupported}
-    dense_prunable = [n for n in skip if n not in unsupported_names]
+    dense_prunable = plan.resolve_dense_layers(
+        _walk(model), units, unsupported, dense_layers, "tf-lottery",
+        "Give the layer a get_prunable_weights() method (tf_lottery.keras3.PrunableLayer) to "
+        "prune it, or list it in dense_layers")
     method = "uniform" if distribution == "global" else distribution
-    sparsities = _weight_sparsities(units, sparsity, method, dense_prunable, custom_sparsity,
-                                    erk_power_scale)
+    sparsities = plan.weight_sparsities(units, sparsity, method, dense_prunable,
+                                        custom_sparsity, erk_power_scale)
     if distribution == "global":
-        pins = _pins(units, dense_prunable, custom_sparsity)
+        pins = plan.pins(units, dense_prunable, custom_sparsity)
         values = {u.key: u.value() for u in units}
         free = [k for k in values if k not in pins]
         masks = selection.global_magnitude_masks({k: values[k] for k in free}, sparsity)
@@ -197,10 +156,7 @@ def masked_layers(model) -> List[MaskedLayer]:
 
 
 def _masked_units(model) -> List[_Unit]:
-    units = [u for u in _units(model) if u.mask is not None]
-    if not units:
-        raise ValueError(f"model {model.name!r} has no MaskedLayer; call tfl.sparsify first")
-    return units
+    return plan.masked(_units(model), model.name)
 
 
 def get_masks(model) -> Dict[str, np.ndarray]:
@@ -219,18 +175,8 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     """Sets masks by weight key (keys must exist) and keeps the invariant: entries turned
     off or on become 0 in the weights and get their initial optimizer state (the compiled
     optimizer's and ``optimizer``'s, one or a list, EMA copies included)."""
-    units = _masked_units(model)
-    known = {u.key for u in units}
-    unknown = sorted(set(masks) - known)
-    if unknown:
-        raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    updates = plan.mask_updates(_masked_units(model), masked_layers(model), masks)
     optimizers = state.live_optimizers(model, optimizer)
-    updates = []
-    for layer in masked_layers(model):
-        keys = [u.key for u in units if u.layer is layer]
-        if any(k in masks for k in keys):
-            current = layer.get_masks()
-            updates.append((layer, [masks.get(k, c) for k, c in zip(keys, current)]))
     for layer, values in updates:  # check every layer's masks before changing any
         layer.check_masks(values)
     for layer, values in updates:
@@ -269,17 +215,6 @@ def sparsity_report(model) -> SparsityReport:
     as ``tf_lottery.masking.api.sparsity_report``."""
     units = _units(model)
     _require_units(model, units)
-    report = SparsityReport()
-    for u in units:
-        nonzeros = int(np.count_nonzero(u.value()))
-        active = nonzeros if u.mask is None else int(
-            np.count_nonzero(keras.ops.convert_to_numpy(u.mask.value)))
-        report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
-                       "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
-                       "active": active, "sparsity": 1.0 - active / u.size})
-    params = sum(r["params"] for r in report)
-    active = sum(r["active"] for r in report)
-    report.append({"layer": "total", "weight": "", "shape": [], "params": params,
-                   "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
-                   "sparsity": 1.0 - active / params})
-    return report
+    return plan.sparsity_report(
+        units, {u.key: u.value() for u in units},
+        {u.key: keras.ops.convert_to_numpy(u.mask.value) for u in units if u.mask is not None})

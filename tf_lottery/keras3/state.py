@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 import keras
 from keras import ops
 
-_INITIAL_VALUE_ATTR = {"_accumulators": "initial_accumulator_value"}  # Adagrad, Ftrl
+from tf_lottery.masking import state_plan
 
 
 def unwrap(optimizer):
@@ -27,23 +27,14 @@ def unwrap(optimizer):
 def live_optimizers(model=None, optimizers=()) -> list:
     """``optimizers`` (one, a list, or None) and ``model``'s compiled optimizer, each once,
     loss scaling unwrapped; raises ValueError for a non-Keras-3 optimizer."""
-    if optimizers is None:
-        optimizers = ()
-    elif not isinstance(optimizers, (list, tuple)):
-        optimizers = (optimizers,)
-    out, seen = [], set()
-    for optimizer in list(optimizers) + [getattr(model, "optimizer", None)]:
-        if optimizer is None:
-            continue
-        optimizer = unwrap(optimizer)
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(f"optimizer {type(optimizer).__name__} is not a Keras 3 optimizer "
-                             "(keras.optimizers.*), so tf-lottery cannot reset its per-weight "
-                             "state when masks change")
-        if id(optimizer) not in seen:
-            seen.add(id(optimizer))
-            out.append(optimizer)
-    return out
+    return state_plan.live_optimizers(model, optimizers, unwrap, _check_optimizer)
+
+
+def _check_optimizer(optimizer) -> None:
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(f"optimizer {type(optimizer).__name__} is not a Keras 3 optimizer "
+                         "(keras.optimizers.*), so tf-lottery cannot reset its per-weight "
+                         "state when masks change")
 
 
 def _slot_lists(optimizer):
@@ -88,11 +79,8 @@ def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
                     f"optimizer {type(optimizer).__name__} keeps state {name!r} of shape "
                     f"{tuple(slot.shape)} for weight {variable.path} of shape "
                     f"{tuple(variable.shape)}; it cannot be reset entry by entry")
-            fill = 0.0
-            if name in _INITIAL_VALUE_ATTR and hasattr(optimizer, _INITIAL_VALUE_ATTR[name]):
-                fill = float(getattr(optimizer, _INITIAL_VALUE_ATTR[name]))
             slots.append(slot)
-            fills.append(fill)
+            fills.append(state_plan.initial_value(optimizer, name))
     return slots, fills
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from keras import ops
 
 from tf_lottery.keras3 import registry, state
+from tf_lottery.masking import plan
 
 
 class _MaskConstraint:
@@ -185,19 +186,7 @@ class MaskedLayer(keras.layers.Wrapper):
 
     def check_masks(self, masks) -> List[np.ndarray]:
         """The masks as float32 arrays; raises ValueError (before any change) if one is bad."""
-        masks = list(masks)
-        if len(masks) != len(self._pairs):
-            raise ValueError(f"{self.name}: expected {len(self._pairs)} masks, got {len(masks)}")
-        values = []
-        for (weight, mask), value in zip(self._pairs, masks):
-            value = np.asarray(value, dtype=np.float32)
-            if tuple(value.shape) != tuple(mask.shape):
-                raise ValueError(f"{self.name}: mask for {weight.path} has shape {value.shape}, "
-                                 f"expected {tuple(mask.shape)}")
-            if not np.all((value == 0) | (value == 1)):
-                raise ValueError(f"{self.name}: masks must hold only 0s and 1s")
-            values.append(value)
-        return values
+        return plan.check_masks(self.name, [(w.path, m.shape) for w, m in self._pairs], masks)
 
     def set_masks(self, masks, optimizers=()) -> None:
         """Sets every mask (0/1 arrays shaped like the weights) and keeps the invariant.

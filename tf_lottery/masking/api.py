@@ -16,6 +16,9 @@ from tf_lottery.masking.units import check_model as _check_model
 from tf_lottery.masking.units import require_units as _require_units
 from tf_lottery.masking.units import units as _units
 from tf_lottery.masking.units import walk as _walk
+from tf_lottery.masking import plan
+from tf_lottery.masking.plan import SparsityReport
+from tf_lottery.masking.plan import pins as _pins
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.masking.state import live_optimizers
 
@@ -32,56 +35,21 @@ def custom_object_scope():
     return keras.utils.custom_object_scope(custom_objects())
 
 
-def _pins(units, dense_layers, custom_sparsity) -> Dict[str, float]:
-    """Weight key -> pinned sparsity, from layer names (or weight keys)."""
-    by_name: Dict[str, List[str]] = {}
-    for u in units:
-        by_name.setdefault(u.inner.name, []).append(u.key)
-        by_name.setdefault(u.key, []).append(u.key)
-    requested = [(n, 0.0) for n in (dense_layers or ())]
-    requested += list((custom_sparsity or {}).items())
-    unknown = sorted({n for n, _ in requested if n not in by_name})
-    if unknown:
-        names = sorted({u.inner.name for u in units})
-        raise ValueError(f"dense_layers/custom_sparsity name {unknown}, which are not prunable "
-                         f"layers of the model; prunable layers are {names}")
-    pins = {}
-    for name, value in requested:
-        distributions.check_sparsity(value, f"custom sparsity of {name!r}")
-        for key in by_name[name]:
-            pins[key] = float(value)
-    return pins
-
-
 def _resolve_dense_layers(model, units, unsupported, dense_layers) -> List[str]:
-    """The prunable layer names ``dense_layers`` keeps dense (class names expanded).
-
-    Raises ValueError, naming the fix, if a layer tfmot cannot prune has trainable
-    weights and is not listed: it would stay dense unnoticed.
-    """
-    classes = {type(layer).__name__ for layer in _walk(model)}
-    skip = {n for n in (dense_layers or ()) if n not in classes}
-    skip_classes = {n for n in (dense_layers or ()) if n in classes}
-    skip |= {layer.name for layer in _walk(model) if type(layer).__name__ in skip_classes
-             and (layer in unsupported or any(u.layer is layer for u in units))}
-    blocked = [layer for layer in unsupported if layer.name not in skip]
-    if blocked:
-        raise ValueError(
-            "these layers have trainable weights but tfmot cannot prune them: "
-            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in blocked)
-            + ". tfmot's registry matches exact classes and leaves DepthwiseConv2D out: "
-            "implement tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list "
-            "it in dense_layers to leave it dense")
-    return sorted(n for n in skip if n not in {layer.name for layer in unsupported})
+    """The prunable layer names ``dense_layers`` keeps dense; see ``plan.resolve_dense_layers``."""
+    return plan.resolve_dense_layers(
+        _walk(model), units, unsupported, dense_layers, "tfmot",
+        "tfmot's registry matches exact classes and leaves DepthwiseConv2D out: implement "
+        "tfmot.sparsity.keras.PrunableLayer on the layer to prune it, or list it in "
+        "dense_layers to leave it dense")
 
 
 def _weight_sparsities(model, sparsity, method, dense_layers, custom_sparsity, erk_power_scale,
                        units=None) -> Dict[str, float]:
     units = units if units is not None else _units(model)
     _require_units(model, units)
-    pins = _pins(units, dense_layers, custom_sparsity)
-    return distributions.distribute({u.key: u.shape for u in units}, sparsity, method, pins,
-                                    erk_power_scale)
+    return plan.weight_sparsities(units, sparsity, method, dense_layers, custom_sparsity,
+                                  erk_power_scale)
 
 
 def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_layers=(),
@@ -113,12 +81,7 @@ def sparsity_distribution(model, sparsity: float, method: str = "erk", dense_lay
     dense = _resolve_dense_layers(model, units, unsupported, dense_layers)
     values = _weight_sparsities(model, sparsity, method, dense, custom_sparsity,
                                 erk_power_scale, units)
-    if per_weight:
-        return values
-    groups: Dict[str, List[str]] = {}
-    for u in units:
-        groups.setdefault(u.inner.name, []).append(u.key)
-    return distributions.parameter_weighted(values, {u.key: u.shape for u in units}, groups)
+    return values if per_weight else plan.per_layer(units, values)
 
 
 def _clone(model, clone_function):
@@ -275,10 +238,7 @@ def masked_layers(model) -> List[MaskedLayer]:
 
 
 def _masked_units(model) -> List[_Unit]:
-    units = [u for u in _units(model) if u.mask is not None]
-    if not units:
-        raise ValueError(f"model {model.name!r} has no MaskedLayer; call tfl.sparsify first")
-    return units
+    return plan.masked(_units(model), model.name)
 
 
 def output_keys(model) -> List[str]:
@@ -307,20 +267,10 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     slots get their initial values and EMA copies 0, so no optimizer moves them again.
     Entries turned on start at 0 with fresh optimizer state.
     """
-    units = _masked_units(model)
-    known = {u.key for u in units}
-    unknown = sorted(set(masks) - known)
-    if unknown:
-        raise ValueError(f"masks given for unknown weights {unknown}; known: {sorted(known)}")
+    updates = plan.mask_updates(_masked_units(model), masked_layers(model), masks)
     optimizers = live_optimizers(model, optimizer)
-    updates = []
-    for layer in masked_layers(model):
-        keys = [u.key for u in units if u.layer is layer]
-        if any(k in masks for k in keys):
-            current = layer.get_masks()
-            updates.append((layer, [masks.get(k, c) for k, c in zip(keys, current)]))
     for layer, values in updates:  # check every layer's masks before changing any
-        layer._check_masks(values)
+        layer.check_masks(values)
     for layer, values in updates:
         layer.set_masks(values, optimizers)
 
@@ -354,41 +304,6 @@ def strip(model):
     return tfmot.sparsity.keras.strip_pruning(model)
 
 
-class SparsityReport(list):
-    """Rows (dicts) of ``sparsity_report``; ``str()`` gives a printable table."""
-
-    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity", "mask")
-
-    def table(self) -> str:
-        """One line per weight; the ``mask`` column says "no" for unmasked rows (their
-        sparsity is their share of exact zeros) and the total counts every row."""
-        cells = [[str(c) for c in self.COLUMNS]]
-        for i, row in enumerate(self):
-            mask = "" if i == len(self) - 1 else ("yes" if row.get("masked", True) else "no")
-            cells.append([row["layer"], row["weight"], "x".join(map(str, row["shape"])),
-                          f"{row['params']:,}", f"{row['nonzeros']:,}",
-                          f"{100 * row['sparsity']:.2f}%", mask])
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.COLUMNS))]
-        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-        lines.insert(1, "-" * len(lines[0]))
-        lines.insert(len(lines) - 1, "-" * len(lines[0]))
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def _unprunable_kernels(model, units) -> List[_Unit]:
-    """Kernels (trainable weights of rank >= 2) of layers tfmot cannot prune, e.g. a
-    DepthwiseConv2D or a Dense subclass left dense through ``dense_layers``."""
-    unsupported: List = []
-    _units(model, unsupported)
-    seen = {id(u.weight) for u in units}
-    return [_Unit(layer, layer, w) for layer in unsupported for w in layer.trainable_weights
-            if len(w.shape) >= 2 and id(w) not in seen]
-
-
 def sparsity_report(model) -> SparsityReport:
     """Per-weight rows and a total row: layer, weight, shape, params, nonzeros, sparsity,
     masked.
@@ -407,20 +322,5 @@ def sparsity_report(model) -> SparsityReport:
     units = _units(model)
     units += _unprunable_kernels(model, units)
     _require_units(model, units)
-    order = {id(layer): i for i, layer in enumerate(_walk(model))}
-    units = sorted(units, key=lambda u: order.get(id(u.layer), len(order)))
-    report = SparsityReport()
-    for u in units:
-        nonzeros = int(np.count_nonzero(u.weight.numpy()))
-        active = nonzeros if u.mask is None else int(np.count_nonzero(u.mask.numpy()))
-        report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
-                       "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
-                       "active": active, "sparsity": 1.0 - active / u.size,
-                       "masked": u.mask is not None})
-    params = sum(r["params"] for r in report)
-    active = sum(r["active"] for r in report)
-    report.append({"layer": "total", "weight": "", "shape": [], "params": params,
-                   "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
-                   "sparsity": 1.0 - active / params,
-                   "masked": all(r["masked"] for r in report)})
-    return report
+    return plan.sparsity_report(units, {u.key: u.weight.numpy() for u in units},
+                                {u.key: u.mask.numpy() for u in units if u.mask is not None})

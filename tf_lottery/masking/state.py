@@ -6,6 +6,7 @@ updates) must also reset the optimizer state of the entries it turns off or on
 from 0. This module maps a weight variable to that state for tf_keras optimizers.
 """
 from tf_lottery._keras import keras, tf
+from tf_lottery.masking import state_plan
 
 __all__ = ["build_optimizer", "live_optimizers", "optimizer_slots", "reset_entries",
            "reset_optimizer", "slots_of"]
@@ -64,10 +65,7 @@ def _slot_lists(optimizer):
             f"cannot map to weights ({', '.join(v.name for v in strays[:3])}...), so the slots "
             "of grown and dropped weights cannot be reset; use SGD, Adam, AdamW, RMSprop, "
             "Nadam, Adamax, Adagrad, Adadelta, Lion or Ftrl")
-    fills = {name: 0.0 for name in lists}
-    if isinstance(optimizer, (keras.optimizers.Adagrad, keras.optimizers.Ftrl)):
-        fills["_accumulators"] = float(optimizer.initial_accumulator_value)
-    return lists, fills
+    return lists, {name: state_plan.initial_value(optimizer, name) for name in lists}
 
 
 def _new_optimizer_slots(optimizer, variables):
@@ -96,9 +94,6 @@ def _new_optimizer_slots(optimizer, variables):
 
 def _legacy_optimizer_slots(optimizer, variables):
     names = list(optimizer.get_slot_names())
-    fill = {}
-    if isinstance(optimizer, (keras.optimizers.legacy.Adagrad, keras.optimizers.legacy.Ftrl)):
-        fill["accumulator"] = float(getattr(optimizer, "_initial_accumulator_value", 0.0))
     out = {}
     for var in variables:
         slots, values = [], []
@@ -108,7 +103,7 @@ def _legacy_optimizer_slots(optimizer, variables):
                 raise ValueError(f"optimizer slot {name!r} of {var.name} has shape "
                                  f"{tuple(slot.shape)}, not the weight's; cannot reset it")
             slots.append(slot)
-            values.append(fill.get(name, 0.0))
+            values.append(state_plan.initial_value(optimizer, name))
         out[id(var)] = (slots, values)
     return out
 
@@ -156,25 +151,15 @@ def _tracks(optimizer, variable) -> bool:
 def live_optimizers(model=None, optimizers=()) -> list:
     """The optimizers whose state belongs to ``model``'s weights: ``optimizers`` (one, a
     list, or None) and the model's compiled optimizer; loss scaling unwrapped; each once."""
-    if optimizers is None:
-        optimizers = ()
-    elif not isinstance(optimizers, (list, tuple)):
-        optimizers = (optimizers,)
-    out, seen = [], set()
-    for optimizer in list(optimizers) + [getattr(model, "optimizer", None)]:
-        if optimizer is None:
-            continue
-        optimizer = _unwrap(optimizer)
-        if id(optimizer) in seen:
-            continue
-        if not (_is_new(optimizer) or _is_legacy(optimizer)):
-            raise ValueError(
-                f"optimizer {type(optimizer).__name__} is not a tf_keras optimizer, so "
-                "tf-lottery cannot reset its per-weight state when masks change; use "
-                "keras.optimizers.* (tf_keras)")
-        seen.add(id(optimizer))
-        out.append(optimizer)
-    return out
+    return state_plan.live_optimizers(model, optimizers, _unwrap, _check_tf_keras)
+
+
+def _check_tf_keras(optimizer) -> None:
+    if not (_is_new(optimizer) or _is_legacy(optimizer)):
+        raise ValueError(
+            f"optimizer {type(optimizer).__name__} is not a tf_keras optimizer, so "
+            "tf-lottery cannot reset its per-weight state when masks change; use "
+            "keras.optimizers.* (tf_keras)")
 
 
 def slots_of(optimizers, variable):
@@ -227,12 +212,9 @@ def reset_optimizer(optimizer, iteration: int = 0, variables=None) -> None:
                 if id(slot) not in done and id(slot) not in ema:
                     slot.assign(tf.fill(tf.shape(slot), tf.cast(fills[name], slot.dtype)))
     elif _is_legacy(optimizer):
-        fill = {}
-        if isinstance(optimizer, (keras.optimizers.legacy.Adagrad, keras.optimizers.legacy.Ftrl)):
-            fill["accumulator"] = float(getattr(optimizer, "_initial_accumulator_value", 0.0))
         for variable in optimizer.variables():
             name = variable.name.split(":")[0].split("/")[-1]
             if id(variable) not in done and variable is not optimizer.iterations:
-                variable.assign(tf.fill(tf.shape(variable), tf.cast(fill.get(name, 0.0),
-                                                                   variable.dtype)))
+                fill = state_plan.initial_value(optimizer, name)
+                variable.assign(tf.fill(tf.shape(variable), tf.cast(fill, variable.dtype)))
     optimizer.iterations.assign(iteration)

@@ -35,7 +35,7 @@ from typing import List, Tuple
 import numpy as np
 
 from tf_lottery._keras import keras, tf
-from tf_lottery.masking import state, update
+from tf_lottery.masking import plan, state, update
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude as _PruneLowMagnitude)
 
@@ -256,27 +256,15 @@ class MaskedLayer(_PruneLowMagnitude):
         entries turned on start at 0 with fresh state. ``tfl.set_masks`` passes the
         model's compiled optimizer; pass the optimizer of a custom training loop here.
         """
-        values = self._check_masks(masks)
+        values = self.check_masks(masks)
         for (weight, mask), value in zip(self.masked_weights, values):
             slots, fills = state.slots_of(optimizers, weight)
             update.assign_mask(weight, mask, value, slots, fills)
 
-    def _check_masks(self, masks) -> List[np.ndarray]:
+    def check_masks(self, masks) -> List[np.ndarray]:
         """The masks as float32 arrays; raises ValueError (before any change) if one is bad."""
-        masks = list(masks)
-        if len(masks) != len(self.masked_weights):
-            raise ValueError(f"{self.name}: expected {len(self.masked_weights)} masks, "
-                             f"got {len(masks)}")
-        values = []
-        for (weight, mask), value in zip(self.masked_weights, masks):
-            value = np.asarray(value, dtype=np.float32)
-            if tuple(value.shape) != tuple(mask.shape):
-                raise ValueError(f"{self.name}: mask for {weight.name} has shape {value.shape}, "
-                                 f"expected {tuple(mask.shape)}")
-            if not np.all((value == 0) | (value == 1)):
-                raise ValueError(f"{self.name}: masks must hold only 0s and 1s")
-            values.append(value)
-        return values
+        return plan.check_masks(self.name, [(w.name, m.shape) for w, m in self.masked_weights],
+                                masks)
 
     def apply_masks(self) -> None:
         """Writes ``weight * mask`` into every masked weight (restores the invariant)."""
