@@ -304,6 +304,16 @@ def strip(model):
     return tfmot.sparsity.keras.strip_pruning(model)
 
 
+def _unprunable_kernels(model, units) -> List[_Unit]:
+    """Kernels (trainable weights of rank >= 2) of layers tfmot cannot prune, e.g. a
+    DepthwiseConv2D or a Dense subclass left dense through ``dense_layers``."""
+    unsupported: List = []
+    _units(model, unsupported)
+    seen = {id(u.weight) for u in units}
+    return [_Unit(layer, layer, w) for layer in unsupported for w in layer.trainable_weights
+            if len(w.shape) >= 2 and id(w) not in seen]
+
+
 def sparsity_report(model) -> SparsityReport:
     """Per-weight rows and a total row: layer, weight, shape, params, nonzeros, sparsity,
     masked.
@@ -322,5 +332,7 @@ def sparsity_report(model) -> SparsityReport:
     units = _units(model)
     units += _unprunable_kernels(model, units)
     _require_units(model, units)
+    order = {id(layer): i for i, layer in enumerate(_walk(model))}
+    units = sorted(units, key=lambda u: order.get(id(u.layer), len(order)))
     return plan.sparsity_report(units, {u.key: u.weight.numpy() for u in units},
                                 {u.key: u.mask.numpy() for u in units if u.mask is not None})

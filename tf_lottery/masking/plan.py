@@ -129,14 +129,17 @@ def check_masks(owner: str, targets: Sequence[Tuple[str, tuple]], masks) -> List
 class SparsityReport(list):
     """Rows (dicts) of ``sparsity_report``; ``str()`` gives a printable table."""
 
-    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity")
+    COLUMNS = ("layer", "weight", "shape", "params", "nonzeros", "sparsity", "mask")
 
     def table(self) -> str:
+        """One line per weight; the ``mask`` column says "no" for unmasked rows (their
+        sparsity is their share of exact zeros) and the total counts every row."""
         cells = [[str(c) for c in self.COLUMNS]]
-        for row in self:
+        for i, row in enumerate(self):
+            mask = "" if i == len(self) - 1 else ("yes" if row.get("masked", True) else "no")
             cells.append([row["layer"], row["weight"], "x".join(map(str, row["shape"])),
                           f"{row['params']:,}", f"{row['nonzeros']:,}",
-                          f"{100 * row['sparsity']:.2f}%"])
+                          f"{100 * row['sparsity']:.2f}%", mask])
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.COLUMNS))]
         lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                            for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
@@ -158,10 +161,12 @@ def sparsity_report(units, values: Mapping[str, np.ndarray],
         active = int(np.count_nonzero(masks[u.key])) if u.key in masks else nonzeros
         report.append({"layer": u.inner.name, "weight": u.key.split("/", 1)[1],
                        "shape": list(u.shape), "params": u.size, "nonzeros": nonzeros,
-                       "active": active, "sparsity": 1.0 - active / u.size})
+                       "active": active, "sparsity": 1.0 - active / u.size,
+                       "masked": u.key in masks})
     params = sum(r["params"] for r in report)
     active = sum(r["active"] for r in report)
     report.append({"layer": "total", "weight": "", "shape": [], "params": params,
                    "nonzeros": sum(r["nonzeros"] for r in report), "active": active,
-                   "sparsity": 1.0 - active / params})
+                   "sparsity": 1.0 - active / params,
+                   "masked": all(r["masked"] for r in report)})
     return report
