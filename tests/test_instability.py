@@ -1,0 +1,120 @@
+"""Instability analysis: the barrier on hand-made paths, identical runs, exact ends."""
+import numpy as np
+import pytest
+
+import tf_lottery as tfl
+from tf_lottery._keras import keras
+from tf_lottery.lottery import instability as lmc
+from tf_lottery.lottery.rewind import snapshot
+from tf_lottery.training import datasets
+
+# Two networks computing the same function with their hidden units swapped:
+#   A: W1 = I, W2 = I;  B: W1 = P, W2 = P (P swaps the two units); both add bias [0, 0.1].
+# On x = (1, 0) (label 0) and (0, 1) (label 1), logits are relu(x) W2 + b: both A and B are
+# right (error 0). At alpha, W1 = W2 = (1 - alpha) I + alpha P, and x = (1, 0) has logits
+# [(1 - a)^2 + a^2, 2 a (1 - a) + 0.1]: wrong only near a = 0.5 ([0.5, 0.6]), where
+# x = (0, 1) gets [0.5, 0.6] and stays right. So 5 points give errors [0, 0, 0.5, 0, 0]
+# (at a = 0.25: [0.625, 0.475], right) and the barrier is 0.5.
+X = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+Y = np.array([0, 1], np.int32)
+
+
+def _swap_net():
+    inputs = keras.Input((2,))
+    h = keras.layers.Dense(2, "relu", use_bias=False, name="h")(inputs)
+    out = keras.layers.Dense(2, name="out", bias_initializer=keras.initializers.Constant(
+        [0.0, 0.1]))(h)
+    return tfl.sparsify(keras.Model(inputs, out), 0.0)
+
+
+def test_barrier_of_a_hand_made_path_with_a_known_answer():
+    model = _swap_net()
+    eye, swap = np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)[::-1].copy()
+    model.get_layer("masked_layer_h").layer.kernel.assign(eye)
+    model.get_layer("masked_layer_out").layer.kernel.assign(eye)
+    a = snapshot(model)
+    model.get_layer("masked_layer_h").layer.kernel.assign(swap)
+    model.get_layer("masked_layer_out").layer.kernel.assign(swap)
+    b = snapshot(model)
+    path = lmc.linear_path(model, a, b, (X, Y), points=5)
+    assert path.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert path.errors == [0.0, 0.0, 0.5, 0.0, 0.0]
+    assert path.barrier == 0.5
+    np.testing.assert_array_equal(model.get_layer("masked_layer_h").layer.kernel.numpy(), swap)
+    assert lmc.linear_path(model, a, a, (X, Y), points=5).barrier == 0.0
+
+
+def test_error_barrier_and_interpolation_ends():
+    assert lmc.error_barrier([0.1, 0.4, 0.3]) == pytest.approx(0.2)
+    assert lmc.error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
+    a, b = {"w": np.array([1.0, 3.0], np.float32)}, {"w": np.array([0.1, -2.0], np.float32)}
+    np.testing.assert_array_equal(lmc.interpolate(a, b, 0.0)["w"], a["w"])
+    np.testing.assert_array_equal(lmc.interpolate(a, b, 1.0)["w"], b["w"])
+    np.testing.assert_allclose(lmc.interpolate(a, b, 0.5)["w"], [0.55, 0.5])
+    with pytest.raises(ValueError, match="different architectures"):
+        lmc.interpolate(a, {"v": b["w"]}, 0.5)
+    with pytest.raises(ValueError, match="at least its two ends"):
+        lmc.error_barrier([0.1])
+
+
+def _small_mlp():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(32, "relu", name="fc1")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.digits_split("train[:400]"), datasets.digits_split("test[:200]")
+
+
+def _run(digits, **kwargs):
+    train, test = digits
+    args = dict(model_fn=_small_mlp, rewind_step="2it", train_data=train, test_data=test,
+                optimizer_fn=lambda: keras.optimizers.SGD(0.1, momentum=0.9), iterations=30,
+                batch_size=32, points=7)
+    return lmc.instability(**dict(args, **kwargs))
+
+
+def test_identical_data_orders_give_identical_networks_and_zero_barrier(digits):
+    result = _run(digits, data_seeds=(5, 5))
+    assert result.rewind_iteration == 2
+    assert result.end_errors[0] == result.end_errors[1]
+    assert len(set(result.path.errors)) == 1
+    assert result.barrier == 0.0
+
+
+def test_path_ends_reproduce_each_networks_own_error(digits):
+    masks = {"fc1/kernel": np.zeros((64, 32), np.float32),
+             "logits/kernel": np.ones((32, 10), np.float32)}
+    masks["fc1/kernel"][:, :8] = 1.0
+    result = _run(digits, masks=masks, rewind_step="1ep")
+    assert result.rewind_iteration == 13  # ceil(400 / 32) iterations per epoch
+    assert result.path.errors[0] == result.end_errors[0]
+    assert result.path.errors[-1] == result.end_errors[1]
+    assert result.end_errors[0] != result.end_errors[1]  # different data orders
+    assert result.barrier == pytest.approx(max(result.path.errors) - np.mean(result.end_errors))
+    assert result.barrier >= 0.0
+    with pytest.raises(ValueError, match="past the end of training"):
+        _run(digits, rewind_step="31it")
+
+
+def test_a_given_start_replaces_training_to_k(digits):
+    keras.utils.set_random_seed(0)
+    theta_0 = snapshot(tfl.sparsify(_small_mlp(), 0.0))
+    given = _run(digits, rewind_step=0, start=theta_0, seed=7)
+    trained = _run(digits, rewind_step=0, seed=0)
+    assert given.path.errors == trained.path.errors
+    assert given.end_errors == trained.end_errors
+
+
+def test_plot_instability_writes_a_png(tmp_path):
+    path = lmc.Path([0.0, 1.0], [0.1, 0.1], 0.0)
+    sweep = [lmc.Instability("0", 0, path, [0.1, 0.1]),
+             lmc.Instability("10it", 10, path._replace(barrier=0.02), [0.1, 0.1])]
+    target = tmp_path / "instability.png"
+    lmc.plot_instability({"dense": sweep}, str(target))
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["instability.png"]
