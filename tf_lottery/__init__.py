@@ -15,6 +15,9 @@
   any training loop; ``tfl.plot_layer_sparsity``;
 - ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
   and sparse TFLite, sizes, FLOPs and latency;
+- instability analysis (Frankle et al. 2020): ``tfl.instability``, ``tfl.instability_sweep``,
+  ``tfl.plot_instability``; pruning at initialisation: ``tfl.sparsify(...,
+  mask_init="snip" | "grasp" | "synflow")``;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (must come first: selects tf_keras)
@@ -28,6 +31,8 @@ from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
 from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
 from tf_lottery.training.schedules import WarmupStepDecay
 from tf_lottery.training.train import train
+from tf_lottery.training import instability_experiment  # noqa: F401  (gin registration)
+from tf_lottery.lottery.instability import instability, instability_sweep, plot_instability
 from tf_lottery.plots import plot_accuracy_vs_remaining, plot_layer_sparsity
 from tf_lottery import dst  # noqa: F401
 from tf_lottery.dst import GradualMagnitudePruning, RigL, SET, SNFS, SparseOptimizer, StaticSparse
@@ -40,6 +45,7 @@ __all__ = [
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "export", "rewind", "run_imp", "train",
+    "instability", "instability_sweep", "plot_instability",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
     "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",

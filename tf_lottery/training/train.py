@@ -4,6 +4,8 @@
 
 - ``@imp_experiment``: iterative magnitude pruning with its controls and baselines
   (``IterativeMagnitudePruning.*`` bindings: levels, fraction, rewind_step, mode, ...);
+- ``@instability_experiment`` (``tf_lottery.training.instability_experiment``): error
+  barrier against rewind point (Frankle et al. 2020);
 - ``@sparse_training``: one training run of a model that is dense (``sparsity = 0``),
   sparse from scratch (``sparsity``, ``distribution``) with an optional mask updater
   callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``,
@@ -478,6 +480,9 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
 
 def summary(result) -> dict:
     """The JSON-able essentials of ``train``'s result (printed by the binary)."""
+    if isinstance(result, Mapping) and "instability" in result:
+        keys = ("rewind_step", "rewind_iteration", "barrier", "end_errors")
+        return {"instability": [{k: r[k] for k in keys} for r in result["instability"]]}
     if isinstance(result, Mapping) and "rows" in result:
         keys = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration",
                 "early_stop_test_accuracy")
