@@ -133,3 +133,19 @@ def test_sparsify_layerwise_snip_keeps_each_layers_count_and_needs_data():
                                                                     "out/kernel": 32}
     kernel = model.get_layer("h").kernel.numpy()  # shared with the sparse model
     assert np.all(kernel[masks["h/kernel"] == 0] == 0)
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_global_scores_on_a_conv_model_keep_pinned_layers_and_exact_counts(method, tiny_data):
+    from conftest import build_tiny_model
+
+    model = build_tiny_model()
+    before = model.get_weights()
+    sparse = tfl.sparsify(model, 0.9, "global", mask_init=method, data=tiny_data,
+                          dense_layers=("conv",), synflow_iterations=10)
+    masks = tfl.get_masks(sparse)
+    assert masks["conv/kernel"].all()
+    assert int(masks["d1/kernel"].sum() + masks["d2/kernel"].sum()) == 4928 - round(0.9 * 4928)
+    for after, value in zip(model.get_weights(), before):  # only masked entries changed
+        changed = after != value
+        assert np.all(after[changed] == 0)

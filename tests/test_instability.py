@@ -1,12 +1,16 @@
 """Instability analysis: the barrier on hand-made paths, identical runs, exact ends."""
+import pathlib
+
+import gin
 import numpy as np
 import pytest
 
 import tf_lottery as tfl
-from tf_lottery._keras import keras
+from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import instability as lmc
 from tf_lottery.lottery.rewind import snapshot
 from tf_lottery.training import datasets
+from tf_lottery.training import train as training
 
 # Two networks computing the same function with their hidden units swapped:
 #   A: W1 = I, W2 = I;  B: W1 = P, W2 = P (P swaps the two units); both add bias [0, 0.1].
@@ -118,3 +122,36 @@ def test_plot_instability_writes_a_png(tmp_path):
     lmc.plot_instability({"dense": sweep}, str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["instability.png"]
+
+
+def test_data_order_callable_and_identical_seeds(digits):
+    (x, y), _ = digits
+
+    def order(seed):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(400, seed=seed)
+        return ds.batch(32).repeat()
+
+    result = _run(digits, train_data=order, data_seeds=(3, 3), rewind_step=0, iterations=10)
+    assert result.end_errors[0] == result.end_errors[1] and result.barrier == 0.0
+    with pytest.raises(ValueError, match="in epochs"):
+        _run(digits, train_data=order, rewind_step="1ep")
+
+
+def test_experiment_writes_results_and_resumes_finished_points(tmp_path):
+    config = pathlib.Path(__file__).parent.parent / "gin_configs" / \
+        "digits_lenet300100_instability.gin"
+    gin.clear_config()
+    try:
+        training.parse_gin([str(config)], ["train.max_steps = 3", "data.batch_size = 16"])
+        run = tmp_path / "run"
+        first = training.train(str(run))["instability"]
+        assert [r["rewind_iteration"] for r in first] == [0, 1]
+        assert {p.name for p in run.iterdir()} >= {"k_0.json", "k_1.json", "instability.json",
+                                                   "instability.png", "tensorboard"}
+        done = run / "k_1.json"
+        done.write_text(done.read_text().replace(f'"barrier": {first[1]["barrier"]}',
+                                                 '"barrier": 0.25'))
+        again = training.train(str(run))["instability"]
+        assert again[0] == first[0] and again[1]["barrier"] == 0.25  # read back, not re-run
+    finally:
+        gin.clear_config()

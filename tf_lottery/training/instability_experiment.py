@@ -1,7 +1,6 @@
 """The gin experiment ``@instability_experiment``: ``tf_lottery.lottery.instability`` swept
 over rewind points, one result file per point (resumable), a summary and a plot."""
 import logging
-import os
 from typing import Callable, Optional, Sequence
 
 import gin
@@ -50,10 +49,12 @@ def instability_experiment(output_dir: str, overwrite: bool = False,
     config = {"gin": gin.config_str(), "max_steps": max_steps, "iterations": iterations,
               "rewind_steps": [str(s) for s in rewind_steps]}
     folder = results.RunDirectory(output_dir, config, overwrite)
-    train = loaded.train
-    if not isinstance(train, tuple):  # tf.data: each data order reads the split again
-        train = lambda s: training.data(seed=s, **({"data_dir": data_dir} if data_dir else {}
-                                                  )).train.repeat()  # noqa: E731
+
+    def reshuffled(s):  # tf.data: each data order reads the split again, shuffled by s
+        return training.data(seed=s, **({"data_dir": data_dir} if data_dir else {})
+                             ).train.repeat()
+
+    train = loaded.train if isinstance(loaded.train, tuple) else reshuffled
     test = training._take(loaded.test, int(max_steps)) if max_steps else loaded.test
     kwargs = dict(model_fn=training._model_fn(model, loaded.info), train_data=train,
                   test_data=test, optimizer_fn=optimizer, iterations=int(iterations),
