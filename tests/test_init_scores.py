@@ -37,6 +37,10 @@ def test_snip_and_grasp_on_a_hand_worked_linear_model():
     (hg,) = init_scores.hessian_gradients(model, [kernel], (X, Y), _sq_loss)
     np.testing.assert_allclose(hg, [[5, 10], [10, 20]])
     np.testing.assert_allclose(scores.grasp(W, hg), [[-5, 10], [0, -40]])
+    # temperature 2: x W / 2 = [0.5, 1.5], r = [0.5, 0.5], G = x^T r / 2 = [[.25, .25], [.5, .5]],
+    # H G = x^T (x G) / 4 = x^T [1.25, 1.25] / 4
+    (hg2,) = init_scores.hessian_gradients(model, [kernel], (X, Y), _sq_loss, temperature=2.0)
+    np.testing.assert_allclose(hg2, [[0.3125, 0.3125], [0.625, 0.625]])
     np.testing.assert_array_equal(model.get_layer("fc").kernel.numpy(), W)  # left as found
 
     snip = tfl.sparsify(_linear(), 0.5, "global", mask_init="snip", data=(X, Y), loss=_sq_loss)

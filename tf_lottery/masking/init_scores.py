@@ -51,17 +51,22 @@ def loss_gradients(model, variables: Sequence, data, loss: Optional[Callable] = 
     return [g.numpy() for g in grads]
 
 
-def hessian_gradients(model, variables: Sequence, data, loss: Optional[Callable] = None
-                      ) -> list:
+def hessian_gradients(model, variables: Sequence, data, loss: Optional[Callable] = None,
+                      temperature: float = 1.0) -> list:
     """H g for each of ``variables`` on the batch ``data = (x, y)``: the Hessian of the
-    loss (over ``variables``) times its gradient g, by differentiating g . stop(g)."""
+    loss (over ``variables``) times its gradient g, by differentiating g . stop(g).
+
+    ``temperature`` divides the model's outputs before the loss; GraSP's code (Wang et al.
+    2020, and Tanaka et al.'s re-implementation) uses 200 on logits, ``sparsify`` uses 1
+    (the formula as the paper writes it).
+    """
     x, y = data
     loss = loss or _default_loss(model)
     variables = list(variables)
     zero = tf.UnconnectedGradients.ZERO
     with _Restored(model), tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
-            value = loss(y, model(x, training=True))
+            value = loss(y, model(x, training=True) / temperature)
         grads = inner.gradient(value, variables, unconnected_gradients=zero)
         dot = tf.add_n([tf.reduce_sum(tf.stop_gradient(g) * g) for g in grads])
     return [h.numpy() for h in outer.gradient(dot, variables, unconnected_gradients=zero)]
