@@ -158,8 +158,8 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         (``self.fc = tfl.MaskedLayer(keras.layers.Dense(10))``): its masks are drawn in
         place and the model itself is returned.
       sparsity: overall fraction of zeros over the layers not pinned, in [0, 1).
-      distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one magnitude
-        threshold over all unpinned weights; needs ``mask_init="magnitude"``).
+      distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one threshold
+        over all unpinned weights; needs ``mask_init="magnitude"`` or a score below).
       mask_init: ``"random"`` (exact zero counts at random places, RigL's start),
         ``"magnitude"`` (keep the largest current weights), or a pruning-at-initialisation
         score (``tf_lottery.masking.scores``): ``"snip"`` (|g * w|) and ``"grasp"``
@@ -193,10 +193,7 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     if distribution == "global" and mask_init not in ("magnitude",) + init_scores.METHODS:
         raise ValueError("distribution='global' selects weights by score across layers; "
                          f"pass mask_init='magnitude' or one of {init_scores.METHODS}")
-    if mask_init in init_scores.NEEDS_DATA and data is None:
-        raise ValueError(f"mask_init={mask_init!r} scores weights by the loss gradient on a "
-                         "batch: pass data=(x, y) (and loss=, default sparse categorical "
-                         "cross-entropy on logits)")
+    init_scores.check_data(mask_init, data)
     unsupported: List = []
     units = _units(model, unsupported)
     if in_place:

@@ -16,6 +16,14 @@ NEEDS_DATA = ("snip", "grasp")
 METHODS = NEEDS_DATA + ("synflow",)
 
 
+def check_data(method: str, data) -> None:
+    """Raises ValueError, naming the fix, if ``method`` needs a batch and ``data`` is None."""
+    if method in NEEDS_DATA and data is None:
+        raise ValueError(f"mask_init={method!r} scores weights by the loss gradient on a "
+                         "batch: pass data=(x, y) (and loss=, default sparse categorical "
+                         "cross-entropy on logits)")
+
+
 def _default_loss(model):
     """The model's compiled loss, else sparse categorical cross-entropy on logits."""
     compiled = getattr(model, "loss", None)
@@ -110,10 +118,7 @@ def score_masks(model, weights: Mapping[str, object], method: str,
     """
     if method not in METHODS:
         raise ValueError(f"unknown score {method!r}; use one of {METHODS}")
-    if method in NEEDS_DATA and data is None:
-        raise ValueError(f"mask_init={method!r} scores weights by the loss gradient on a "
-                         "batch: pass data=(x, y) (and loss=, default sparse categorical "
-                         "cross-entropy on logits)")
+    check_data(method, data)
     keys, variables = list(weights), list(weights.values())
     values = [v.numpy() for v in variables]
     if method == "snip":
