@@ -155,3 +155,36 @@ def test_experiment_writes_results_and_resumes_finished_points(tmp_path):
         assert again[0] == first[0] and again[1]["barrier"] == 0.25  # read back, not re-run
     finally:
         gin.clear_config()
+
+
+def test_experiment_sweeps_the_levels_of_an_imp_run(tmp_path):
+    from tf_lottery.lottery import results
+    from tf_lottery.training import models
+
+    imp = tmp_path / "imp"
+    keras.utils.set_random_seed(0)
+    net = tfl.sparsify(models.lenet_300_100(input_shape=(8, 8, 1), num_classes=10), 0.0)
+    results.write_json(str(imp / "run.json"), {"rewind_step": "0", "levels": 3})
+    results.write_arrays(str(imp / "rewind_point.npz"), snapshot(net))
+    ones = tfl.get_masks(net)
+    half = {k: np.where(np.arange(m.size).reshape(m.shape) % 2 == 0, 1.0, 0.0).astype(
+        np.float32) for k, m in ones.items()}
+    results.write_arrays(str(imp / "level_0" / "masks.npz"), ones)
+    results.write_arrays(str(imp / "level_1" / "masks.npz"), half)  # level 2 unfinished
+    config = pathlib.Path(__file__).parent.parent / "gin_configs" / \
+        "digits_lenet300100_instability.gin"
+    gin.clear_config()
+    try:
+        training.parse_gin([str(config)], ["train.max_steps = 2", "data.batch_size = 16",
+                                           f"instability_experiment.imp_dir = '{imp}'"])
+        rows = training.train(str(tmp_path / "run"))["instability"]
+        assert [(r["level"], r["remaining"], r["rewind_iteration"]) for r in rows] == [
+            (0, 1.0, 0), (1, 0.5, 0)]
+        assert (tmp_path / "run" / "level_1.json").is_file()
+        assert (tmp_path / "run" / "instability.png").is_file()
+        with gin.unlock_config():
+            gin.bind_parameter("instability_experiment.levels", [2])
+        with pytest.raises(ValueError, match="level 2 of that IMP run is not finished"):
+            training.train(str(tmp_path / "run2"))
+    finally:
+        gin.clear_config()

@@ -194,3 +194,26 @@ def plot_instability(curves: Mapping[str, Sequence[Instability]], path: str,
     axes.legend()
     figure.tight_layout()
     _save_figure(figure, path)
+
+
+def plot_instability_levels(rows: Sequence[Mapping], path: str,
+                            title: str = "Instability of IMP tickets") -> None:
+    """Error barrier (percentage points) against percent of weights remaining (log axis,
+    100% on the left), one point per IMP level; ``rows`` have ``remaining`` (0..1) and
+    ``barrier``. Written atomically as PNG."""
+    from matplotlib.figure import Figure
+
+    from tf_lottery.plots import _save_figure
+
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)
+    axes = figure.add_subplot(1, 1, 1)
+    points = sorted(((100 * r["remaining"], 100 * r["barrier"]) for r in rows), reverse=True)
+    axes.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    axes.set_xlabel("percent of prunable weights remaining (log scale)")
+    axes.set_ylabel("test error barrier (percentage points)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    _save_figure(figure, path)
