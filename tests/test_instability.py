@@ -44,6 +44,9 @@ def test_barrier_of_a_hand_made_path_with_a_known_answer():
     assert path.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert path.errors == [0.0, 0.0, 0.5, 0.0, 0.0]
     assert path.barrier == 0.5
+    assert path.losses[0] == path.losses[-1]  # A and B compute the same function
+    assert path.loss_barrier == pytest.approx(max(path.losses) - path.losses[0])
+    assert path.loss_barrier > 0
     np.testing.assert_array_equal(model.get_layer("masked_layer_h").layer.kernel.numpy(), swap)
     assert lmc.linear_path(model, a, a, (X, Y), points=5).barrier == 0.0
 
@@ -87,6 +90,7 @@ def test_identical_data_orders_give_identical_networks_and_zero_barrier(digits):
     assert result.rewind_iteration == 2
     assert result.end_errors[0] == result.end_errors[1]
     assert len(set(result.path.errors)) == 1
+    assert len(set(result.path.losses)) == 1 and result.path.loss_barrier == 0.0
     assert result.barrier == 0.0
 
 

@@ -44,10 +44,14 @@ def error_barrier(errors: Sequence[float]) -> float:
 
 
 class Path(NamedTuple):
-    """Test error along the line from one network (alpha 0) to another (alpha 1)."""
+    """Test error along the line from one network (alpha 0) to another (alpha 1), and the
+    mean test loss (``losses``; ``loss_barrier`` is ``error_barrier`` of them, a finer
+    signal than the error on a small test set)."""
     alphas: List[float]
     errors: List[float]
     barrier: float
+    losses: Optional[List[float]] = None
+    loss_barrier: Optional[float] = None
 
 
 def linear_path(model, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], test_data,
@@ -66,14 +70,16 @@ def linear_path(model, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
     evaluate = Evaluator(test_data, loss, batch_size)
     saved = snapshot(model)
     alphas = [float(x) for x in np.linspace(0.0, 1.0, points)]
-    errors = []
+    errors, losses = [], []
     try:
         for alpha in alphas:
             rewind(model, interpolate(a, b, alpha))
-            errors.append(1.0 - evaluate(model)["accuracy"])
+            scores = evaluate(model)
+            errors.append(1.0 - scores["accuracy"])
+            losses.append(scores["loss"])
     finally:
         rewind(model, saved)
-    return Path(alphas, errors, error_barrier(errors))
+    return Path(alphas, errors, error_barrier(errors), losses, error_barrier(losses))
 
 
 class Instability(NamedTuple):
@@ -211,6 +217,10 @@ def plot_instability_levels(rows: Sequence[Mapping], path: str,
     axes.plot([p[0] for p in points], [p[1] for p in points], marker="o")
     axes.set_xscale("log")
     axes.invert_xaxis()
+    ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
+             if t >= min(p[0] for p in points) * 0.9]
+    axes.set_xticks(ticks)
+    axes.set_xticklabels([f"{t:g}" for t in ticks])
     axes.set_xlabel("percent of prunable weights remaining (log scale)")
     axes.set_ylabel("test error barrier (percentage points)")
     axes.set_title(title)

@@ -16,11 +16,13 @@ log = logging.getLogger("tf_lottery")
 def _row(result: lmc.Instability) -> dict:
     return {"rewind_step": result.rewind_step, "rewind_iteration": result.rewind_iteration,
             "barrier": result.barrier, "end_errors": list(result.end_errors),
-            "alphas": list(result.path.alphas), "errors": list(result.path.errors)}
+            "loss_barrier": result.path.loss_barrier, "alphas": list(result.path.alphas),
+            "errors": list(result.path.errors), "losses": list(result.path.losses or [])}
 
 
 def _result(row: dict) -> lmc.Instability:
-    path = lmc.Path(row["alphas"], row["errors"], row["barrier"])
+    path = lmc.Path(row["alphas"], row["errors"], row["barrier"], row.get("losses"),
+                    row.get("loss_barrier"))
     return lmc.Instability(row["rewind_step"], row["rewind_iteration"], path, row["end_errors"])
 
 
