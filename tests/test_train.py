@@ -229,3 +229,15 @@ def test_console_script_help_lists_the_flags():
     for name in FLAG_NAMES:
         assert f"--{name}" in done.stdout or f"--[no]{name}" in done.stdout, name
     assert "TF_CONFIG" in done.stdout  # the usage text explains --strategy=multi_worker
+
+
+@pytest.mark.parametrize("mask_init", ["snip", "synflow"])
+def test_sparse_training_prunes_at_initialisation(tmp_path, mask_init):
+    _smoke(DIGITS_RIGL, "sparse_training.updater = None", "sparse_training.sparsity = 0.95",
+           "sparse_training.distribution = 'global'",
+           f"sparse_training.mask_init = '{mask_init}'")
+    result = training.train(str(tmp_path / "run"))
+    assert (result["method"], result["mask_init"]) == ("static", mask_init)
+    assert result["sparsity"] == pytest.approx(0.95, abs=1e-4)
+    layers = {r["layer"]: r["sparsity"] for r in result["layers"][:-1]}
+    assert len(set(layers.values())) == 3  # one global threshold: layers differ
