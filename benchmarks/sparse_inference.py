@@ -2,6 +2,7 @@
 
     python benchmarks/sparse_inference.py [--rounds=25] [--cases=digits,mlp,mobilenet]
         [--mobilenet_size=224] [--output_dir=DIR] [--markdown]
+        [--ticket_run=RUN_DIR [--ticket_level=N]]
 
 Every case is exported four times with ``tfl.export`` (each SavedModel checked in a fresh
 process without tf_lottery): plain (dense kernels holding zeros, plus dense and sparse
@@ -13,9 +14,11 @@ a fresh random order each round, in one process, so machine noise hits them alik
 "condensed" at batch B is the export tuned at B.
 
 Cases:
-- digits: LeNet-300-100 on scikit-learn's digits (64 inputs) pruned by global magnitude
-  in rounds (train, prune, fine-tune) to ~2% of the weights: units lose all their inputs
-  or outputs, so compaction removes them;
+- digits: with ``--ticket_run``, the trained lottery ticket of an IMP run folder (e.g.
+  ``tf-lottery train --gin_file=gin_configs/digits_lenet300100_imp.gin``; level 18 holds
+  about 2% of the weights); without it, LeNet-300-100 on scikit-learn's digits (64 inputs)
+  pruned by global magnitude in rounds (train, prune, fine-tune) to ~2% of the weights.
+  Either way units lose all their inputs or outputs, so compaction removes them;
 - mlp: 1024-4096-4096-4096-10 at 90% and 98%, ERK and constant fan-in (random masks:
   latency does not depend on the values);
 - mobilenet: MobileNet-v1 at 90% ERK, depthwise convolutions dense.
@@ -79,6 +82,15 @@ def digits_ticket(target=0.98, seed=0):
         acc = fit(sparse, 15)
     return sparse, {"dense_accuracy": dense_acc, "ticket_accuracy": acc,
                     "remaining": 1.0 - tfl.sparsity_report(sparse)[-1]["sparsity"]}
+
+
+def imp_ticket(run_dir, level=None):
+    """The trained ticket of an IMP run folder at ``level`` (default: the last finished)."""
+    from tf_lottery.export.run_folder import load_run_model
+    model, provenance = load_run_model(run_dir, level, "ticket")
+    return model, {"ticket_accuracy": provenance.get("test_accuracy"),
+                   "remaining": provenance.get("remaining"), "level": provenance.get("level"),
+                   "run_dir": provenance.get("run_dir")}
 
 
 def mlp(sparsity, structure, seed=0):
@@ -280,15 +292,25 @@ def main():
     parser.add_argument("--mobilenet_size", type=int, default=224)
     parser.add_argument("--output_dir", default=None, help="keep the exports and results")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--ticket_run", default=None,
+                        help="an IMP run folder (e.g. of gin_configs/digits_lenet300100_imp.gin): "
+                             "the digits case uses its ticket instead of a quick magnitude-pruned "
+                             "network")
+    parser.add_argument("--ticket_level", type=int, default=None,
+                        help="the level of --ticket_run (default: the last finished one)")
     args = parser.parse_args()
     cases = args.cases.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="tfl_sparse_inference_") as tmp:
         root = args.output_dir or tmp
         if "digits" in cases:
-            model, meta = digits_ticket()
-            results.append(run_case("digits IMP 2%", model, meta, root, args.rounds,
-                                    args.rounds_32))
+            if args.ticket_run:
+                model, meta = imp_ticket(args.ticket_run, args.ticket_level)
+                name = f"digits IMP ticket {meta['remaining']:.1%}"
+            else:
+                model, meta = digits_ticket()
+                name = f"digits magnitude {meta['remaining']:.1%}"
+            results.append(run_case(name, model, meta, root, args.rounds, args.rounds_32))
         if "mlp" in cases:
             for sparsity in (0.9, 0.98):
                 for structure, label in (("unstructured", "ERK"), ("constant_fan_in", "CFI")):

@@ -415,7 +415,8 @@ def _no_prunable_model():
     ((0.5, "erdos"), {}, ValueError,
      r"unknown distribution 'erdos'; use one of \('uniform', 'er', 'erk', 'global'\)"),
     ((0.5,), {"mask_init": "zeros"}, ValueError,
-     r"unknown mask_init 'zeros'; use one of \('random', 'magnitude'\)"),
+     r"unknown mask_init 'zeros'; use one of \('random', 'magnitude', 'snip', 'grasp', "
+     r"'synflow'\)"),
     ((0.5, "global"), {}, ValueError, r"distribution='global'.*pass mask_init='magnitude'"),
     ((0.5,), {"dense_layers": ["d3"]}, ValueError,
      r"name \['d3'\], which are not prunable layers of the model; prunable layers are "

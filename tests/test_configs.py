@@ -35,7 +35,8 @@ from tf_lottery.training import train as training
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "gin_configs"
 CONFIGS = sorted(glob.glob(str(CONFIG_DIR / "*.gin")))
-COMPILED = {"digits_lenet300100_imp", "digits_lenet300100_rigl"}
+COMPILED = {"digits_lenet300100_imp", "digits_lenet300100_rigl",
+            "digits_lenet300100_instability"}
 SMOKE = ["train.max_steps = 2", "data.batch_size = 2",
          "IterativeMagnitudePruning.verbose = 0", "sparse_training.verbose = 0"]
 
@@ -104,7 +105,11 @@ def test_config_runs_two_steps(path, tmp_path, clean_state):
     assert "train.max_steps = 2" in (output_dir / "config.gin").read_text()
     assert (output_dir / "tensorboard").is_dir()
     assert not (output_dir / "export").exists()  # nothing is exported unless asked
-    if "rows" in result:  # IMP: two levels, the second pruned
+    if "instability" in result:  # rewind points 0 and 1 of a 2-iteration run, 3 points
+        assert [r["rewind_iteration"] for r in result["instability"]] == [0, 1]
+        assert all(len(r["errors"]) == 3 and r["barrier"] >= 0 for r in result["instability"])
+        assert (output_dir / "instability.png").is_file()
+    elif "rows" in result:  # IMP: two levels, the second pruned
         levels = sorted({r["level"] for r in result["rows"]})
         assert levels == [0, 1]
         assert (output_dir / "summary.json").is_file()
@@ -206,6 +211,11 @@ REFERENCES = {
         source="rigl/imagenet_resnet/imagenet_train_eval.py LR_SCHEDULE (mobilenet: "
                "warmup 8 epochs, 40/75/95); mobilenetv1_model.py (ReLU, initial_conv "
                "and depthwise layers unmasked)"),
+    "digits_lenet300100_instability": dict(
+        _ADAM, model="lenet_300_100", lr=1.2e-3, weight_decay=0.0, dropout=(),
+        iterations=60 * 19, rewind_steps=(0, "2it", "5it", "10it", "1ep", "2ep", "5ep", "10ep",
+                                          "20ep"),
+        source="digits_lenet300100_imp's training; Frankle et al. 2020 Section 3"),
     "digits_lenet300100_rigl": dict(_ADAM, model="lenet_300_100", lr=1.2e-3,
                                     weight_decay=0.0, dropout=(), dense=(),
                                     source="demo, not a paper row"),
@@ -322,6 +332,10 @@ def test_config_settings_match_the_references(path, clean_state):
             assert (imp_bound("fraction"), imp_bound("output_fraction")) == ref["fractions"]
         if "augment" in ref:
             assert training._bound("get_dataset.augment", True) == ref["augment"]
+    elif experiment == "instability_experiment":
+        assert training._bound("instability_experiment.iterations") == ref["iterations"]
+        assert tuple(training._bound("instability_experiment.rewind_steps")) == \
+            ref["rewind_steps"]
     else:
         assert tuple(training._bound("sparse_training.dense_layers", ())) == ref["dense"]
         if "preprocessing" in ref:

@@ -260,3 +260,23 @@ def test_reinit_control_differs_from_theta0_even_with_pinned_seed():
     assert not np.any(ka == kb)
     assert abs(ka.std() - kb.std()) < 0.1 * ka.std()
     np.testing.assert_array_equal(b.get_layer("fc1").bias.numpy(), 0.0)
+
+
+def test_controls_start_every_kept_weight_at_its_start_value(data, tmp_path):
+    """A control's kept entries hold theta_k, never a 0 left by the previous level's mask."""
+    starts = []
+    original = IterativeMagnitudePruning._train
+
+    def spy(self, model, start, level, kind, *args, **kwargs):
+        if kind == "random_mask":
+            weights, masks = tfl.get_weights(model), tfl.get_masks(model)
+            starts.append(sum(int(np.count_nonzero((masks[k] == 1) & (weights[k] == 0)))
+                              for k in masks))
+        return original(self, model, start, level, kind, *args, **kwargs)
+
+    IterativeMagnitudePruning._train = spy
+    try:
+        run(data, tmp_path, levels=3, controls=("random_mask",))
+    finally:
+        IterativeMagnitudePruning._train = original
+    assert starts == [0, 0]  # levels 1 and 2

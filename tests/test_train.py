@@ -355,3 +355,15 @@ raise SystemExit("tf-lottery train: the last line")
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["E0000 00:00:1.0  1 some_op.cc:1] a real error",
                                         "tf-lottery train: the last line"]
+
+
+@pytest.mark.parametrize("mask_init", ["snip", "synflow"])
+def test_sparse_training_prunes_at_initialisation(tmp_path, mask_init):
+    _smoke(DIGITS_RIGL, "sparse_training.updater = None", "sparse_training.sparsity = 0.95",
+           "sparse_training.distribution = 'global'",
+           f"sparse_training.mask_init = '{mask_init}'")
+    result = training.train(str(tmp_path / "run"))
+    assert (result["method"], result["mask_init"]) == ("static", mask_init)
+    assert result["sparsity"] == pytest.approx(0.95, abs=1e-4)
+    layers = {r["layer"]: r["sparsity"] for r in result["layers"][:-1]}
+    assert len(set(layers.values())) == 3  # one global threshold: layers differ

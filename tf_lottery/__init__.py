@@ -17,6 +17,9 @@
 - ``tfl.export``: a plain SavedModel (verified in a process without tf_lottery), dense
   and sparse TFLite, sizes, FLOPs and latency;
 - ``tfl.compact``: a smaller plain model without the units the masks disconnected;
+- instability analysis (Frankle et al. 2020): ``tfl.instability``, ``tfl.instability_sweep``,
+  ``tfl.plot_instability``; pruning at initialisation: ``tfl.sparsify(...,
+  mask_init="snip" | "grasp" | "synflow")``;
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (imports tf_keras and tfmot, leaves tf.keras alone)
@@ -31,6 +34,8 @@ from tf_lottery.lottery.rewind import RewindCheckpoint, rewind
 from tf_lottery.training import models, schedules, datasets  # noqa: F401  (gin registration)
 from tf_lottery.training.schedules import WarmupStepDecay
 from tf_lottery.training.train import train
+from tf_lottery.training import instability_experiment  # noqa: F401  (gin registration)
+from tf_lottery.lottery.instability import instability, instability_sweep, plot_instability
 from tf_lottery.plots import plot_accuracy_vs_remaining, plot_layer_sparsity
 from tf_lottery import dst  # noqa: F401
 from tf_lottery.dst import GradualMagnitudePruning, RigL, SET, SNFS, SparseOptimizer, StaticSparse
@@ -43,6 +48,7 @@ __all__ = [
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "compact", "export", "rewind", "run_imp", "train",
+    "instability", "instability_sweep", "plot_instability",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
     "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",

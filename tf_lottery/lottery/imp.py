@@ -367,13 +367,15 @@ class IterativeMagnitudePruning:
         rows = []
         for kind in self.controls:
             control, start = self._control(kind)
-            rewind(control, start)
             chosen = masks
             if kind == "random_mask":
                 rng = np.random.default_rng([self.seed, level])
                 chosen = {k: selection.random_mask(m.shape, 1.0 - np.count_nonzero(m) / m.size,
                                                    rng) for k, m in masks.items()}
+            # masks first, then the start weights: rewinding under the previous level's
+            # mask would leave the entries this mask turns on at 0
             set_masks(control, _remap(chosen, control))
+            rewind(control, start)
             rows.append(self._train(control, self.k, level, kind))
         return rows
 

@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from tf_lottery._keras import keras, tfmot
-from tf_lottery.masking import agreement, distributions, graph, selection
+from tf_lottery.masking import agreement, distributions, graph, init_scores, selection
 from tf_lottery.masking.units import Unit as _Unit
 from tf_lottery.masking.units import check_model as _check_model
 from tf_lottery.masking.units import require_units as _require_units
@@ -22,7 +22,7 @@ from tf_lottery.masking.plan import pins as _pins
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.masking.state import live_optimizers
 
-MASK_INITS = ("random", "magnitude")
+MASK_INITS = ("random", "magnitude") + init_scores.METHODS
 
 
 def custom_objects() -> Dict[str, type]:
@@ -108,7 +108,8 @@ def _check_traversable(model, allow_wrapped: bool = False) -> bool:
 def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str = "random",
              seed: Optional[int] = None, dense_layers: Sequence[str] = (),
              custom_sparsity: Optional[Mapping[str, float]] = None,
-             erk_power_scale: float = 1.0, structure: str = "unstructured"):
+             erk_power_scale: float = 1.0, structure: str = "unstructured", data=None,
+             loss=None, synflow_iterations: int = 100):
     """Wraps every prunable layer of ``model`` in a ``MaskedLayer`` and draws its masks.
 
     The returned model shares its layers (and so its weights) with ``model``, as
@@ -120,10 +121,14 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         (``self.fc = tfl.MaskedLayer(keras.layers.Dense(10))``): its masks are drawn in
         place and the model itself is returned.
       sparsity: overall fraction of zeros over the layers not pinned, in [0, 1).
-      distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one magnitude
-        threshold over all unpinned weights; needs ``mask_init="magnitude"``).
-      mask_init: ``"random"`` (exact zero counts at random places, RigL's start) or
-        ``"magnitude"`` (keep the largest current weights).
+      distribution: ``"uniform"``, ``"er"``, ``"erk"``, or ``"global"`` (one threshold
+        over all unpinned weights; needs ``mask_init="magnitude"`` or a score below).
+      mask_init: ``"random"`` (exact zero counts at random places, RigL's start),
+        ``"magnitude"`` (keep the largest current weights), or a pruning-at-initialisation
+        score (``tf_lottery.masking.scores``): ``"snip"`` (|g * w|) and ``"grasp"``
+        (-w * Hg) on the batch ``data``, ``"synflow"`` (data-free, ``synflow_iterations``
+        rounds). Those three prune globally with ``distribution="global"``, as in their
+        papers, else per layer at the distribution's sparsities.
       seed: seed of the random masks (numpy ``default_rng``). None draws one from numpy's
         global generator, which ``keras.utils.set_random_seed`` seeds, so a seeded
         program gets the same masks every run. Under a multi-worker
@@ -139,6 +144,9 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         ``distribution`` (SRigL; ``tf_lottery.masking.selection.constant_fan_in_mask``).
         RigL/SET/SNFS keep it when given ``structure="constant_fan_in"`` too, and
         ``tfl.export(..., condense=True)`` can run such layers as gathers.
+      data, loss: the batch ``(x, y)`` SNIP and GraSP score on, and the loss (default:
+        the compiled loss, else sparse categorical cross-entropy on logits).
+      synflow_iterations: SynFlow's pruning rounds (exponential schedule; 100 in the paper).
 
     Returns:
       The sparsified model (not compiled).
@@ -155,9 +163,13 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     if structure == "constant_fan_in" and distribution == "global":
         raise ValueError("structure='constant_fan_in' needs a per-layer sparsity; use "
                          "distribution='erk' or 'uniform' instead of 'global'")
-    if distribution == "global" and mask_init != "magnitude":
-        raise ValueError("distribution='global' selects weights by magnitude across layers; "
-                         "pass mask_init='magnitude'")
+    if structure == "constant_fan_in" and mask_init not in ("random", "magnitude"):
+        raise ValueError("structure='constant_fan_in' draws masks with mask_init='random' or "
+                         f"'magnitude', not {mask_init!r}")
+    if distribution == "global" and mask_init not in ("magnitude",) + init_scores.METHODS:
+        raise ValueError("distribution='global' selects weights by score across layers; "
+                         f"pass mask_init='magnitude' or one of {init_scores.METHODS}")
+    init_scores.check_data(mask_init, data)
     unsupported: List = []
     units = _units(model, unsupported)
     if in_place:
@@ -190,6 +202,13 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
                          selection.constant_fan_in_mask(u.shape, sparsities[u.key],
                                                         weight=values[u.key]))
                  if sparsities[u.key] > 0 else np.ones(u.shape, np.float32) for u in units}
+    elif mask_init in init_scores.METHODS:
+        pins = _pins(units, dense_prunable, custom_sparsity)
+        glob = distribution == "global"
+        masks = init_scores.score_masks(
+            model, {u.key: u.weight for u in units}, mask_init, sparsity if glob else None,
+            None if glob else sparsities, pins if glob else None, data, loss,
+            synflow_iterations)
     elif distribution == "global":
         pins = _pins(units, dense_prunable, custom_sparsity)
         free = [u.key for u in units if u.key not in pins]

@@ -4,6 +4,8 @@
 
 - ``@imp_experiment``: iterative magnitude pruning with its controls and baselines
   (``IterativeMagnitudePruning.*`` bindings: levels, fraction, rewind_step, mode, ...);
+- ``@instability_experiment`` (``tf_lottery.training.instability_experiment``): error
+  barrier against rewind point (Frankle et al. 2020);
 - ``@sparse_training``: one training run of a model that is dense (``sparsity = 0``),
   sparse from scratch (``sparsity``, ``distribution``) with an optional mask updater
   callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``,
@@ -331,6 +333,7 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
                     optimizer: Callable = make_optimizer, epochs: int = 10,
                     steps_per_epoch: Optional[int] = None, sparsity: float = 0.0,
                     distribution: str = "erk", dense_layers: Sequence[str] = (),
+                    mask_init: str = "random",
                     updater=None, seed: int = 0, label_smoothing: float = 0.0,
                     max_steps: Optional[int] = None, verbose: int = 2,
                     data_dir: Optional[str] = None, backup_dir: Optional[str] = None,
@@ -340,6 +343,9 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     ``@GradualMagnitudePruning``; a class gets ``total_steps`` and ``log_dir`` here).
 
     ``dense_layers`` (layer names or classes, e.g. ``('DepthwiseConv2D',)``) stay dense.
+    ``mask_init`` draws the initial masks as ``sparsify`` does: ``"snip"`` and ``"grasp"``
+    score on the first training batch, ``"synflow"`` needs no data (pruning at
+    initialisation; with ``distribution = 'global'`` as in their papers).
     ``label_smoothing`` > 0 trains with one-hot labels smoothed by that amount (RigL's
     ImageNet recipe uses 0.1).
 
@@ -357,10 +363,12 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     # Everything that can be misconfigured is built before the folder is touched.
     keras.utils.set_random_seed(seed)
     net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
-    if sparsity or updater is not None:
-        net = sparsify(net, sparsity, distribution, seed=seed, dense_layers=dense_layers)
-    fresh_optimizer = optimizer()
     train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
+    if sparsity or updater is not None:
+        batch = next(iter(train_ds)) if mask_init in ("snip", "grasp") else None
+        net = sparsify(net, sparsity, distribution, mask_init=mask_init, seed=seed,
+                       dense_layers=dense_layers, data=batch)
+    fresh_optimizer = optimizer()
     test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
     val_ds = (test_ds if loaded.validation is None
               else _as_dataset(loaded.validation, loaded.batch_size, False, seed))
@@ -401,7 +409,8 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     fit_seconds = time.perf_counter() - start
     scores = net.evaluate(test_ds, steps=eval_steps, verbose=0, return_dict=True)
     results.save_model(net, folder.file("model.h5"))
-    metrics = {"method": method, "test_accuracy": float(scores["accuracy"]),
+    metrics = {"method": method, "mask_init": mask_init,
+               "test_accuracy": float(scores["accuracy"]),
                "test_loss": float(scores["loss"]), "epochs": epochs,
                "steps_per_epoch": steps, "fit_seconds": fit_seconds,
                "checksums": checksums(net),
@@ -494,6 +503,9 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
 
 def summary(result) -> dict:
     """The JSON-able essentials of ``train``'s result (printed by the binary)."""
+    if isinstance(result, Mapping) and "instability" in result:
+        keys = ("rewind_step", "rewind_iteration", "barrier", "end_errors")
+        return {"instability": [{k: r[k] for k in keys} for r in result["instability"]]}
     if isinstance(result, Mapping) and "rows" in result:
         keys = ("level", "kind", "remaining", "test_accuracy", "early_stop_iteration",
                 "early_stop_test_accuracy")
