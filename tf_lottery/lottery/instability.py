@@ -26,12 +26,16 @@ from tf_lottery.masking.api import set_masks, sparsify
 def interpolate(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
                 alpha: float) -> Dict[str, np.ndarray]:
     """``(1 - alpha) * a + alpha * b`` entry by entry; alpha 0 gives ``a`` and 1 gives
-    ``b`` exactly."""
+    ``b`` exactly, and so does every alpha where ``a`` and ``b`` are equal (no rounding
+    off the line between two identical networks)."""
     if set(a) != set(b):
         raise ValueError("the two weight sets name different variables: they come from "
                          "different architectures")
-    return {k: ((1.0 - alpha) * a[k] + alpha * b[k]).astype(np.asarray(a[k]).dtype)
-            for k in a}
+    out = {}
+    for k in a:
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        out[k] = np.where(x == y, x, (1.0 - alpha) * x + alpha * y).astype(x.dtype)
+    return out
 
 
 def error_barrier(errors: Sequence[float]) -> float:
