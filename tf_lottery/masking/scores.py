@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tf_lottery.masking.selection import count_zeros
+from tf_lottery.masking.selection import count_zeros, global_top_masks
 
 METHODS = ("snip", "grasp", "synflow", "random")
 
@@ -82,37 +82,6 @@ def top_mask(score: np.ndarray, sparsity: float,
     """A float32 0/1 mask keeping the highest ``score`` entries, with exactly
     ``count_zeros(size, sparsity)`` zeros; entries 0 in ``mask`` are never kept."""
     return global_top_masks({"w": score}, sparsity, None if mask is None else {"w": mask})["w"]
-
-
-def global_top_masks(scores: Mapping[str, np.ndarray], sparsity: float,
-                     masks: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-    """One threshold over all ``scores``: the highest are kept until ``sparsity`` of all
-    their entries are zero (the global pruning SNIP, GraSP and SynFlow use). Entries 0 in
-    ``masks`` are never kept."""
-    keys = list(scores)
-    flat = []
-    for k in keys:
-        s = np.asarray(scores[k], np.float64).ravel()
-        if not np.all(np.isfinite(s)):
-            raise ValueError(f"scores of {k!r} are not finite (overflow?); for SynFlow on a "
-                             "deep network, use fewer layers or a smaller input scale")
-        if masks is not None:
-            s = np.where(np.asarray(masks[k]).ravel() > 0, s, -np.inf)
-        flat.append(s)
-    flat = np.concatenate(flat)
-    n_keep = flat.size - count_zeros(flat.size, sparsity)
-    if masks is not None and n_keep > int(np.count_nonzero(np.isfinite(flat))):
-        raise ValueError(f"cannot reach sparsity {sparsity}: the masks already keep fewer "
-                         "weights")
-    keep = np.zeros(flat.size, np.float32)
-    keep[np.argsort(-flat, kind="stable")[:n_keep]] = 1.0
-    out, start = {}, 0
-    for k in keys:
-        shape = np.shape(scores[k])
-        n = int(np.prod(shape))
-        out[k] = keep[start:start + n].reshape(shape)
-        start += n
-    return out
 
 
 def masks_from_scores(scores: Mapping[str, np.ndarray], sparsity: Optional[float] = None,

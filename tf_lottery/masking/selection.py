@@ -59,18 +59,36 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float,
                            ) -> Dict[str, np.ndarray]:
     """One magnitude threshold across all ``weights``: the smallest go until ``sparsity`` of
     all their entries are zero (Frankle & Carbin section 4). Pruned entries stay pruned."""
-    keys = list(weights)
-    scores = np.concatenate([_scores(weights[k], None if masks is None else masks[k])
-                             for k in keys])
-    size = scores.size
-    n_keep = size - count_zeros(size, sparsity)
-    if masks is not None and n_keep > int(sum(np.count_nonzero(masks[k]) for k in keys)):
-        raise ValueError(f"cannot reach global sparsity {sparsity} by pruning: the masks "
-                         "already keep fewer weights")
-    keep = _keep_largest(scores, n_keep)
+    try:
+        return global_top_masks({k: np.abs(np.asarray(w)) for k, w in weights.items()},
+                                sparsity, masks)
+    except ValueError as error:
+        raise ValueError(f"cannot reach global sparsity {sparsity} by pruning: {error}") from None
+
+
+def global_top_masks(scores: Mapping[str, np.ndarray], sparsity: float,
+                     masks: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """One threshold over all ``scores``: the highest are kept until ``sparsity`` of all
+    their entries are zero (global magnitude pruning; the global pruning SNIP, GraSP and
+    SynFlow use). Entries 0 in ``masks`` are never kept; ties keep the earlier entry."""
+    keys = list(scores)
+    flat = []
+    for k in keys:
+        s = np.asarray(scores[k], np.float64).ravel()
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"scores of {k!r} are not finite (overflow?); for SynFlow on a "
+                             "deep network, use fewer layers or a smaller input scale")
+        if masks is not None:
+            s = np.where(np.asarray(masks[k]).ravel() > 0, s, -np.inf)
+        flat.append(s)
+    flat = np.concatenate(flat)
+    n_keep = flat.size - count_zeros(flat.size, sparsity)
+    if masks is not None and n_keep > int(np.count_nonzero(np.isfinite(flat))):
+        raise ValueError("the masks already keep fewer weights")
+    keep = _keep_largest(flat, n_keep)
     out, start = {}, 0
     for k in keys:
-        shape = np.shape(weights[k])
+        shape = np.shape(scores[k])
         n = int(np.prod(shape))
         out[k] = keep[start:start + n].reshape(shape)
         start += n
