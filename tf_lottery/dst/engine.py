@@ -224,12 +224,17 @@ class MaskUpdateEngine:
         is_update, amount = self.method._schedule(step) if updates else (None, None)
         if aggregate and grads:
             grads = list(replica.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+        # The layers' backward pass already masked the gradients unless this step's gate
+        # is open (dense gradients for the grow criterion): mask only then.
+        dense = None if self.gate is None else tf.convert_to_tensor(self.gate)
         unit_grads = []
         for u in self.units:
             if id(u.weight) in by_id:
                 i = by_id[id(u.weight)]
                 unit_grads.append(grads[i])
-                grads[i] = grads[i] * tf.cast(u.mask, grads[i].dtype)
+                if dense is not None:
+                    g, m = grads[i], tf.cast(u.mask, grads[i].dtype)
+                    grads[i] = tf.cond(dense, lambda g=g, m=m: g * m, lambda g=g: g)
             else:  # the loss does not depend on this weight
                 unit_grads.append(tf.zeros(u.weight.shape, u.weight.dtype))
         if _is_new(optimizer):

@@ -8,8 +8,8 @@ from 0. This module maps a weight variable to that state for tf_keras optimizers
 from tf_lottery._keras import keras, tf
 from tf_lottery.masking import state_plan
 
-__all__ = ["build_optimizer", "live_optimizers", "optimizer_slots", "reset_entries",
-           "reset_optimizer", "slots_of"]
+__all__ = ["build_optimizer", "live_optimizers", "optimizer_slots", "reset_optimizer",
+           "slots_of"]
 
 
 def _is_legacy(optimizer) -> bool:
