@@ -75,6 +75,11 @@ def test_export_condensed_and_compact_verified_without_tf_lottery(tmp_path):
     assert {r["layer"]: r["path"] for r in saved["condensed"]["layers"]} == {
         "pw": "gather", "pw2": "gather"}
     assert f"pw 16->{13 - no_outputs}" in report.table() and "gather" in report.table()
+    # a condensed export (with model_condensed.tflite beside it) is replaced, not moved aside
+    (tmp_path / "out" / "model_condensed.tflite").write_bytes(b"tflite")
+    tfl.export(sparse, tmp_path / "out", overwrite=True, compact=True, condense="gather",
+               latency_runs=3, verbose=False, tflite=False)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_timed_choice_never_keeps_a_slower_model():

@@ -96,6 +96,15 @@ def test_imp_run_writes_resumes_and_exports_on_ram_filesystem():
     np.testing.assert_allclose(out, ticket(x).numpy(), atol=1e-6)
     with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         tfl.export(ticket, target, tflite=False, verify=False, verbose=False)
+    # overwriting a remote export keeps the options (compact) and replaces our export only
+    report = tfl.export(ticket, target, overwrite=True, compact=True, tflite=False,
+                        verify=False, verbose=False)
+    assert report["compact"] is not None
+    with gfile.GFile(f"{target}/notes.txt", "w") as f:
+        f.write("a user's file")
+    with pytest.raises(FileExistsError, match="did not write"):
+        tfl.export(ticket, target, overwrite=True, tflite=False, verify=False, verbose=False)
+    assert gfile.exists(f"{target}/notes.txt")
 
 
 def test_training_binary_runs_into_a_ram_folder_and_finds_it_finished(tmp_path):

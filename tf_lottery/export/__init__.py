@@ -104,14 +104,18 @@ def _write_json(path: str, data) -> None:
         f.write("\n")
 
 
-_EXPORT_ENTRIES = {SAVED_MODEL_DIR, DENSE_TFLITE, SPARSE_TFLITE, SPARSITY_JSON, REPORT_JSON}
+_EXPORT_ENTRIES = {SAVED_MODEL_DIR, DENSE_TFLITE, SPARSE_TFLITE, CONDENSED_TFLITE, SPARSITY_JSON,
+                   REPORT_JSON}
 
 
 def _is_export(path: str) -> bool:
-    """Whether ``path`` is a folder ``export`` wrote (nothing else in it)."""
-    return (os.path.isdir(path) and not os.path.islink(path)
-            and os.path.isfile(os.path.join(path, REPORT_JSON))
-            and set(os.listdir(path)) <= _EXPORT_ENTRIES)
+    """Whether ``path`` (local or ``tf.io.gfile``) is a folder ``export`` wrote (nothing else
+    in it)."""
+    gfile = _io.gfile
+    if _io.is_local(path) and os.path.islink(path):
+        return False
+    return (gfile.isdir(path) and gfile.exists(os.path.join(path, REPORT_JSON))
+            and {name.rstrip("/") for name in gfile.listdir(path)} <= _EXPORT_ENTRIES)
 
 
 def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
@@ -205,7 +209,9 @@ def export(model, path, overwrite: bool = False, sample=None,
         return _export_remote(model, os.fspath(path), overwrite, verbose,
                               dict(sample=sample, provenance=provenance, tflite=tflite,
                                    input_shape=input_shape, verify=verify, atol=atol,
-                                   latency_runs=latency_runs, num_threads=num_threads))
+                                   latency_runs=latency_runs, num_threads=num_threads,
+                                   compact=compact, condense=condense,
+                                   batch_size=batch_size))
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to "
@@ -356,6 +362,9 @@ def _export_remote(model, path: str, overwrite: bool, verbose: bool, options) ->
     stores cannot rename a folder atomically: the export is complete once it exists)."""
     if _io.gfile.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if _io.gfile.exists(path) and not _is_export(path):
+        raise FileExistsError(f"{path} holds files tf-lottery did not write, and an object "
+                              "store cannot move a folder aside; export to another path")
     with tempfile.TemporaryDirectory(prefix="tf_lottery_export_") as local_dir:
         local = os.path.join(local_dir, "export")
         result = export(model, local, verbose=False, **options)
