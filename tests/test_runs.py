@@ -73,6 +73,18 @@ def test_overwrite_moves_our_run_aside_and_never_touches_other_files(tmp_path, m
     with pytest.raises(results.RunFolderError, match="current directory"):
         results.RunDirectory(".", {"a": 3}, overwrite=True)
     assert results.read_json(str(run / "run.json")) == {"a": 2}
+    assert results.read_json(str(run / "run.json")) == {"a": 2}
+
+
+def test_overwrite_moves_aside_an_instability_run(tmp_path):
+    """The instability experiment's files count as ours: a new config moves them aside."""
+    run = tmp_path / "run"
+    results.RunDirectory(str(run), {"a": 1})
+    for name in ("k_10.json", "instability.json", "instability.png"):
+        (run / name).write_text("{}")
+    results.RunDirectory(str(run), {"a": 2}, overwrite=True)
+    (old,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert (old / "k_10.json").is_file() and (old / "instability.png").is_file()
 
 
 def test_a_failed_start_is_replaced_by_the_corrected_run(tmp_path):

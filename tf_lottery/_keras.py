@@ -37,6 +37,8 @@ def _import_tfmot():
     finally:
         if previous_keras is not None:
             tf.keras = previous_keras
+        else:
+            del tf.keras  # back to TensorFlow's lazy attribute, which picks Keras 3
         if previous_env is None:
             os.environ.pop(_LEGACY, None)
         else:

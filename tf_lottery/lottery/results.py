@@ -118,13 +118,14 @@ _IDENTITY = {MARKER, "run.json", "config.gin", "model.json", "tensorboard"}
 
 _WRITTEN = _IDENTITY | {"operative_config.gin", "rewind_point.npz", "summary.json",
                         "summary.csv", "accuracy_vs_remaining.png", "export", "backup",
-                        "model.h5", "metrics.json", "layer_sparsity.png"}
+                        "model.h5", "metrics.json", "layer_sparsity.png",
+                        "instability.json", "instability.png"}
 
 
 def _not_ours(entries) -> List[str]:
     """The entries of a run folder that tf-lottery does not write."""
     return sorted(e for e in entries if e not in _WRITTEN and not e.startswith(
-        ("level_", ".tmp-")))
+        ("level_", ".tmp-", "k_")))
 
 
 def is_run_folder(path: str) -> bool:
