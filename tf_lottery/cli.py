@@ -147,10 +147,7 @@ def _where_it_stopped(output_dir) -> str:
     config = results.read_json(os.path.join(output_dir, "run.json"))
     if "levels" in config:
         levels = int(config["levels"])
-        done = 0
-        while done < levels and gfile.exists(
-                os.path.join(output_dir, f"level_{done}", "metrics.json")):
-            done += 1
+        done = results.finished_levels(output_dir, levels)
         if done == 0:
             return f"level 0 of {levels} was in progress (no level is finished)"
         return (f"levels 0-{done - 1} of {levels} are saved in {output_dir}, level {done} "

@@ -26,7 +26,7 @@ def _imp_choice(run_dir: str, config: dict, level: Optional[int], kind: Optional
     levels, mode = int(config["levels"]), config["mode"]
     kinds = [mode, *config.get("controls", [])]
     finished = [i for i in range(levels)
-                if _io.gfile.exists(os.path.join(run_dir, f"level_{i}", "metrics.json"))]
+                if results.level_finished(run_dir, i)]
     if not finished:
         raise RunExportError(f"{run_dir} has no finished level yet; export after level 0 ends")
     level = finished[-1] if level is None else int(level)

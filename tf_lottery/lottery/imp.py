@@ -408,8 +408,7 @@ class IterativeMagnitudePruning:
         start_level = 0
         if folder is not None:
             folder.write_architecture(model)
-            while start_level < self.levels and folder.finished(start_level):
-                start_level += 1
+            start_level = results.finished_levels(folder.path, self.levels)
             if start_level == self.levels:
                 log.info("%s: all %d levels are finished", self.output_dir, self.levels)
                 rows = folder.rows(self.levels)

@@ -128,6 +128,21 @@ def _not_ours(entries) -> List[str]:
         ("level_", ".tmp-", "k_")))
 
 
+def level_finished(path: str, level: int) -> bool:
+    """Whether level ``level`` of the IMP run folder ``path`` is finished (its
+    ``metrics.json``, written last, exists)."""
+    return gfile.exists(os.path.join(path, f"level_{level}", "metrics.json"))
+
+
+def finished_levels(path: str, levels: int) -> int:
+    """How many levels of the run folder ``path``, from level 0 on, are finished: the
+    level a resumed run starts at."""
+    done = 0
+    while done < levels and level_finished(path, done):
+        done += 1
+    return done
+
+
 def is_run_folder(path: str) -> bool:
     """Whether ``path`` is a folder tf-lottery wrote (it holds our marker file)."""
     return gfile.exists(os.path.join(path, MARKER))
@@ -233,7 +248,7 @@ class RunDirectory:
         return folder if name is None else os.path.join(folder, name)
 
     def finished(self, level: int) -> bool:
-        return gfile.exists(self.level(level, "metrics.json"))
+        return level_finished(self.path, level)
 
     def rows(self, levels: int) -> List[dict]:
         """Summary rows of the finished levels below ``levels``, in order."""
