@@ -157,6 +157,9 @@ def test_experiment_writes_results_and_resumes_finished_points(tmp_path):
                                                  '"barrier": 0.25'))
         again = training.train(str(run))["instability"]
         assert again[0] == first[0] and again[1]["barrier"] == 0.25  # read back, not re-run
+        files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+        assert training.train(str(run))["instability"] == again
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == files
     finally:
         gin.clear_config()
 

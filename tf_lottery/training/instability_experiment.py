@@ -108,6 +108,9 @@ def instability_experiment(output_dir: str, overwrite: bool = False,
         log.info("%s (rewind iteration %d): error barrier %.4f", name, row["rewind_iteration"],
                  row["barrier"])
         rows.append(row)
+    if results.gfile.exists(folder.file("instability.json")) and \
+            results.read_json(folder.file("instability.json")) == {"rows": rows}:
+        return {"instability": rows}  # a finished run is read-only to a repeat
     results.write_json(folder.file("instability.json"), {"rows": rows})
     with tf.summary.create_file_writer(folder.file("tensorboard")).as_default():
         for row in rows:
