@@ -60,7 +60,8 @@ def _model(regularise: bool, seed: int):
 class _World:
     """One model, its optimizer and the files/snapshots events leave behind."""
 
-    def __init__(self, optimizer_name, use_ema, regularise, mixed, tmp_path, seed):
+    def __init__(self, optimizer_name, use_ema, regularise, mixed, tmp_path, seed,
+                 jit_compile=False):
         self.tmp = tmp_path
         self.rng = np.random.default_rng(seed)
         self.mixed = mixed
@@ -68,7 +69,8 @@ class _World:
         optimizer = OPTIMIZERS[optimizer_name](use_ema)
         if mixed:
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        self.model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        self.model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           jit_compile=jit_compile)
         self.x = self.rng.normal(size=(16, 6, 6, 1)).astype("float32")
         self.y = self.rng.integers(0, 4, size=(16,)).astype("int32")
         self.snap = snapshot(self.model)
@@ -212,6 +214,16 @@ def test_masks_are_law_under_mixed_precision(tmp_path):
             world.check(event)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_masks_are_law_under_xla(tmp_path):
+    """The same guarantees when the training step is compiled with XLA (jit_compile=True),
+    where the mask multiply fuses into the step."""
+    world = _World("adam", True, True, False, tmp_path, 4, jit_compile=True)
+    for event in ["fit", "set_masks", "fit", "assign_dense", "fit", "rigl", "rewind_live",
+                  "fit", "imp_prune", "gmp", "save", "set_masks", "restore", "fit"]:
+        world.run(event)
+        world.check(event)
 
 
 def _mlp():
