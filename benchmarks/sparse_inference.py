@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_lottery as tfl  # noqa: E402
 from tf_lottery._keras import keras, tf  # noqa: E402
-from tf_lottery.export import condensed  # noqa: E402
+from tf_lottery.export import condensed, timing  # noqa: E402
 from tf_lottery.export import tflite as tfl_tflite  # noqa: E402
 from tf_lottery.masking import selection  # noqa: E402
 from tf_lottery.training.datasets import load_digits_arrays  # noqa: E402
@@ -132,20 +132,9 @@ def _saved_model_runner(path, example):
 
 
 def time_round_robin(runners, rounds, min_seconds=0.0):
-    for run in runners.values():
-        run()
-        run()
-    times = {n: [] for n in runners}
-    names = list(runners)
-    rng = np.random.default_rng(0)
-    start, r = time.perf_counter(), 0
-    while r < rounds or time.perf_counter() - start < min_seconds:
-        for i in rng.permutation(len(names)):  # a fresh order every round: no position bias
-            t = time.perf_counter()
-            runners[names[i]]()
-            times[names[i]].append(time.perf_counter() - t)
-        r += 1
-    return {n: 1e3 * float(np.median(t)) for n, t in times.items()}
+    """Median ms per call of each runner (tf_lottery.export.timing.round_robin)."""
+    return {n: 1e3 * t for n, t in timing.round_robin(runners, rounds, min_seconds,
+                                                       warmup=2).items()}
 
 
 # ----------------------------------------------------------------------------- one case

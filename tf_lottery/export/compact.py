@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tf_lottery._keras import keras, tf
+from tf_lottery.export.rebuild import rebuild
 
 ELEMENTWISE = {"linear", "relu", "relu6", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid",
                "tanh", "swish", "silu", "softplus", "softsign", "exponential", "leaky_relu",
@@ -291,13 +292,7 @@ def _compact_once(model) -> Tuple[object, List[Dict]]:
         config.update(config_changes.get(layer.name, {}))
         return type(layer).from_config(config)
 
-    rebuilt = keras.models.clone_model(model, clone_function=clone)
-    for layer in rebuilt.layers:
-        if layer.name in new_weights:
-            layer.set_weights(new_weights[layer.name])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rebuilt, report
+    return rebuild(model, clone, new_weights), report
 
 
 class CompactReport(list):

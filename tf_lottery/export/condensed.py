@@ -27,12 +27,13 @@ at batch 32, gather_loop 3.6-4.5x and 6.6-12.6x, the one-shot gathers 0.2-0.3x a
 0.8-1.4x, sparse_matmul 0.2x and 1.1x.
 """
 import contextlib
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tf_lottery._keras import keras, tf
+from tf_lottery.export import timing
+from tf_lottery.export.rebuild import rebuild
 
 PATHS = ("gather", "gather_t", "gather_loop", "sparse_matmul")
 CHUNK = 8  # rows of the [k, out] layout that one step of "gather_loop" adds up
@@ -205,22 +206,10 @@ def _quiet_retracing():
 
 def median_times(fns: Dict[str, object], x, rounds: int = 20,
                  min_seconds: float = 0.0) -> Dict[str, float]:
-    """Median seconds per call of each function on ``x``: every round calls each once, in
-    a random order (after one warm-up call each); at least ``rounds`` rounds and
-    ``min_seconds``."""
-    for f in fns.values():
-        np.asarray(f(x))
-    times = {n: [] for n in fns}
-    names = list(fns)
-    rng = np.random.default_rng(0)
-    start, r = time.perf_counter(), 0
-    while r < rounds or time.perf_counter() - start < min_seconds:
-        for i in rng.permutation(len(names)):  # a fresh order every round: no position bias
-            t = time.perf_counter()
-            np.asarray(fns[names[i]](x))
-            times[names[i]].append(time.perf_counter() - t)
-        r += 1
-    return {n: float(np.median(t)) for n, t in times.items()}
+    """Median seconds per call of each function on ``x`` (``timing.round_robin``; the
+    result is fetched to the host inside the timed call)."""
+    runners = {n: (lambda f=f: np.asarray(f(x))) for n, f in fns.items()}
+    return timing.round_robin(runners, rounds, min_seconds)
 
 
 def choose(layer, batch_size: int, paths: Sequence[str] = PATHS, rounds: int = 20,
@@ -258,7 +247,8 @@ def choose(layer, batch_size: int, paths: Sequence[str] = PATHS, rounds: int = 2
 
 def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
              min_sparsity: float = 0.5, rounds: int = 20, margin: float = 1.1,
-             force: Optional[str] = None) -> Tuple[object, List[Dict]]:
+             force: Optional[str] = None,
+             timings: Optional[Dict] = None) -> Tuple[object, List[Dict]]:
     """A copy of the plain functional/Sequential ``model`` in which every eligible layer
     (see ``eligible``) at least ``min_sparsity`` sparse runs on the path that measured
     fastest at ``batch_size``, where that beats dense by ``margin`` (see ``choose``).
@@ -266,6 +256,8 @@ def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
     faster, ``model`` itself is returned and every row says "dense".
 
     ``force`` uses that path for every eligible sparse layer without timing (tests).
+    ``timings``, if a dict, receives that whole-model timing when it is measured:
+    {"dense": ms, "condensed": ms, "rounds": rounds}.
     Returns ``(model, rows)``: one row per eligible layer, with the path chosen
     ("dense" where nothing was faster) and its measured speed-up.
     """
@@ -303,16 +295,15 @@ def condense(model, batch_size: int = 1, paths: Sequence[str] = PATHS,
             return _make(layer, replace[layer.name], _kernel_2d(layer))
         return type(layer).from_config(layer.get_config())
 
-    rebuilt = keras.models.clone_model(model, clone_function=clone)
-    for layer in rebuilt.layers:
-        if layer.name not in replace and layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+    rebuilt = rebuild(model, clone, built=replace)
     if force is None:
         sample = [tf.zeros([batch_size] + [int(d) for d in t.shape[1:]], t.dtype)
                   for t in model.inputs]
         with _quiet_retracing():
             ms = model_latency({"dense": model, "condensed": rebuilt},
                                sample[0] if len(sample) == 1 else sample, rounds)
+        if timings is not None:
+            timings.update(ms, rounds=rounds)
         if ms["condensed"] >= ms["dense"]:
             for row in rows:
                 if row["path"] != "dense":
