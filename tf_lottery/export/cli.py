@@ -17,70 +17,51 @@ import os
 
 from absl import app, flags
 
-FLAG_NAMES = ("run_dir", "level", "kind", "checkpoint", "output_dir", "overwrite", "tflite",
-              "input_shape", "verify", "latency_runs", "num_threads", "compact", "condense",
-              "batch_size", "method", "sparsity", "gin_file")
+# (name, absl DEFINE function, default, help), in the order `--help` lists them
+FLAG_TABLE = (
+    ("run_dir", flags.DEFINE_string, None,
+     "A run folder (the --output_dir of tf-lottery train) to export from."),
+    ("level", flags.DEFINE_integer, None,
+     "With --run_dir of an IMP run: the level (default: the last finished one)."),
+    ("kind", flags.DEFINE_string, None,
+     "With --run_dir of an IMP run: ticket (or the run's mode: finetune, lr_rewind), reinit "
+     "or random_mask (default: the main line)."),
+    ("checkpoint", flags.DEFINE_string, None,
+     "Saved tf_keras model (SavedModel dir, .keras or .h5)."),
+    ("output_dir", flags.DEFINE_string, None,
+     "Folder to create with the export (default with --run_dir: RUN/export/level_<N>_<kind>, "
+     "or RUN/export)."),
+    ("overwrite", flags.DEFINE_bool, False, "Replace --output_dir if it holds an export."),
+    ("tflite", flags.DEFINE_bool, True,
+     "Also write dense and sparse TFLite models and time them."),
+    ("input_shape", flags.DEFINE_list, None,
+     "Input shape without batch (e.g. 32,32,3), for models without Input layers."),
+    ("verify", flags.DEFINE_bool, True,
+     "Check the SavedModel in a fresh process without tf_lottery."),
+    ("latency_runs", flags.DEFINE_integer, 50,
+     "TFLite invocations per model for the median latency."),
+    ("num_threads", flags.DEFINE_integer, 1, "TFLite interpreter threads."),
+    ("compact", flags.DEFINE_bool, False,
+     "Remove the units the masks disconnected (tfl.compact)."),
+    ("condense", flags.DEFINE_string, None,
+     "Run sparse Dense/1x1 conv layers on condensed or sparse kernels where faster: 'auto' "
+     "(timed per layer), or force gather, gather_t, gather_loop or sparse_matmul."),
+    ("batch_size", flags.DEFINE_integer, 1, "Batch size the condensed kernels are timed at."),
+    ("method", flags.DEFINE_string, None,
+     "With --checkpoint, provenance: how the masks were made (e.g. rigl, imp)."),
+    ("sparsity", flags.DEFINE_float, None,
+     "With --checkpoint, provenance: the target sparsity."),
+    ("gin_file", flags.DEFINE_multi_string, [],
+     "With --checkpoint, provenance: gin config file(s) of the run."),
+)
+FLAG_NAMES = tuple(row[0] for row in FLAG_TABLE)
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
     """Defines the export flags in ``flag_values`` (a flag already there is kept)."""
-    definitions = {
-        "run_dir": lambda: flags.DEFINE_string(
-            "run_dir", None, "A run folder (the --output_dir of tf-lottery train) to export from.",
-            flag_values=flag_values),
-        "level": lambda: flags.DEFINE_integer(
-            "level", None, "With --run_dir of an IMP run: the level (default: the last "
-            "finished one).", flag_values=flag_values),
-        "kind": lambda: flags.DEFINE_string(
-            "kind", None, "With --run_dir of an IMP run: ticket (or the run's mode: finetune, "
-            "lr_rewind), reinit or random_mask (default: the main line).",
-            flag_values=flag_values),
-        "checkpoint": lambda: flags.DEFINE_string(
-            "checkpoint", None, "Saved tf_keras model (SavedModel dir, .keras or .h5).",
-            flag_values=flag_values),
-        "output_dir": lambda: flags.DEFINE_string(
-            "output_dir", None, "Folder to create with the export (default with --run_dir: "
-            "RUN/export/level_<N>_<kind>, or RUN/export).", flag_values=flag_values),
-        "overwrite": lambda: flags.DEFINE_bool(
-            "overwrite", False, "Replace --output_dir if it holds an export.",
-            flag_values=flag_values),
-        "tflite": lambda: flags.DEFINE_bool(
-            "tflite", True, "Also write dense and sparse TFLite models and time them.",
-            flag_values=flag_values),
-        "input_shape": lambda: flags.DEFINE_list(
-            "input_shape", None, "Input shape without batch (e.g. 32,32,3), for models "
-            "without Input layers.", flag_values=flag_values),
-        "verify": lambda: flags.DEFINE_bool(
-            "verify", True, "Check the SavedModel in a fresh process without tf_lottery.",
-            flag_values=flag_values),
-        "latency_runs": lambda: flags.DEFINE_integer(
-            "latency_runs", 50, "TFLite invocations per model for the median latency.",
-            flag_values=flag_values),
-        "num_threads": lambda: flags.DEFINE_integer(
-            "num_threads", 1, "TFLite interpreter threads.", flag_values=flag_values),
-        "compact": lambda: flags.DEFINE_bool(
-            "compact", False, "Remove the units the masks disconnected (tfl.compact).",
-            flag_values=flag_values),
-        "condense": lambda: flags.DEFINE_string(
-            "condense", None, "Run sparse Dense/1x1 conv layers on condensed or sparse kernels "
-            "where faster: 'auto' (timed per layer), or force gather, gather_t, gather_loop or "
-            "sparse_matmul.", flag_values=flag_values),
-        "batch_size": lambda: flags.DEFINE_integer(
-            "batch_size", 1, "Batch size the condensed kernels are timed at.",
-            flag_values=flag_values),
-        "method": lambda: flags.DEFINE_string(
-            "method", None, "With --checkpoint, provenance: how the masks were made "
-            "(e.g. rigl, imp).", flag_values=flag_values),
-        "sparsity": lambda: flags.DEFINE_float(
-            "sparsity", None, "With --checkpoint, provenance: the target sparsity.",
-            flag_values=flag_values),
-        "gin_file": lambda: flags.DEFINE_multi_string(
-            "gin_file", [], "With --checkpoint, provenance: gin config file(s) of the run.",
-            flag_values=flag_values),
-    }
-    for name, define in definitions.items():
+    for name, define, default, help_text in FLAG_TABLE:
         if name not in flag_values:
-            define()
+            define(name, default, help_text, flag_values=flag_values)
 
 
 def load_checkpoint(path: str):
