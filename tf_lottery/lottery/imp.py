@@ -130,6 +130,9 @@ class IterativeMagnitudePruning:
         bar (levels done, time per level, time left) and one printed line per level;
         2 = also one line per epoch; 3 = also Keras' per-epoch progress bars.
       callbacks: extra Keras callbacks for every ``fit``.
+      trials: N > 1 runs N seeds (``seed``, ``seed + 1``, ...), each in its own run folder
+        ``output_dir/trial_<i>``, and ``run`` returns their mean, std, min and max per level
+        and kind (``tf_lottery.lottery.trials``); 1 is one run in ``output_dir`` itself.
     """
 
     def __init__(self, model_fn: Callable, train_data, test_data, optimizer_fn: Callable,
@@ -143,7 +146,8 @@ class IterativeMagnitudePruning:
                  scope: str = "layerwise", rewind_step=0, controls: Sequence[str] = (),
                  mode: str = "ticket", seed: int = 0, output_dir: Optional[str] = None,
                  overwrite: bool = False, deterministic: bool = True, verbose: int = 1,
-                 callbacks: Sequence = ()):
+                 callbacks: Sequence = (), trials: int = 1):
+        self._arguments = {k: v for k, v in locals().items() if k != "self"}  # for trials
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
         controls = tuple(controls or ())
@@ -187,6 +191,9 @@ class IterativeMagnitudePruning:
         self.seed, self.deterministic = int(seed), deterministic
         self.verbose, self.callbacks = verbose, list(callbacks)
         self.output_dir, self.overwrite = output_dir, overwrite
+        if int(trials) < 1:
+            raise ValueError(f"trials must be >= 1, got {trials}")
+        self.trials = int(trials)
         self.timings: List[dict] = []
         self._control_models: Dict[str, tuple] = {}
         self._writers: Dict[str, object] = {}
@@ -328,8 +335,12 @@ class IterativeMagnitudePruning:
         test accuracy of the weights at that iteration), ``early_stop_val_loss``,
         ``best_val_accuracy`` (the early-stopping figures are None without validation
         data), ``iterations``, ``fit_seconds`` and ``wall_seconds``. A finished run in
-        ``output_dir`` is read back, and nothing in the folder is written again.
+        ``output_dir`` is read back, and nothing in the folder is written again. With
+        ``trials`` > 1: the rows of ``tf_lottery.lottery.trials.aggregate``.
         """
+        if self.trials > 1:
+            from tf_lottery.lottery.trials import run_trials
+            return run_trials(self)
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
         model = self._build()
