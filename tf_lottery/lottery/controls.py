@@ -3,7 +3,15 @@ the ticket, never feeding the next level.
 
 - ``"reinit"``: the ticket's masks on a fresh random initialisation, drawn from each
   layer's initializer with a different seed (``reinitialise``);
-- ``"random_mask"``: random masks with the ticket's per-layer counts on theta_k.
+- ``"random_mask"``: random masks with the ticket's per-layer counts on theta_k;
+- pruning at initialisation (``PAI``): ``"pai_snip"``, ``"pai_grasp"``, ``"pai_synflow"``
+  and ``"pai_random"`` prune theta_k (the initialisation when k = 0) in one shot by that
+  score (``tf_lottery.masking.init_scores``; random: uniform random scores) to the
+  ticket's sparsity under the ticket's rule: with ``scope="layerwise"`` each weight at
+  the ticket's own count, with ``scope="global"`` one threshold over the pooled weights
+  at their total count (the output layer and ``layer_fractions`` layers at their own).
+  SNIP and GraSP score on one training batch (``batch_size`` examples drawn with the
+  run's seed; the first batch of a ``tf.data`` dataset).
 
 Every control trains ``T - k`` iterations from iteration k, as the ticket does.
 """
@@ -13,12 +21,15 @@ import numpy as np
 
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery.rewind import rewind, snapshot
-from tf_lottery.masking import selection
+from tf_lottery.masking import init_scores, scores, selection
 from tf_lottery.masking.api import apply_masks, get_masks, set_masks
+from tf_lottery.masking.units import units
 
-CONTROLS = ("reinit", "random_mask")
+PAI = ("pai_snip", "pai_grasp", "pai_synflow", "pai_random")
+CONTROLS = ("reinit", "random_mask") + PAI
 # added to the level's seed offset so that each kind draws its own data order
-SEED_OFFSETS = {"reinit": 1, "random_mask": 2}
+SEED_OFFSETS = {"reinit": 1, "random_mask": 2, "pai_snip": 3, "pai_grasp": 4,
+                "pai_synflow": 5, "pai_random": 6}
 
 
 def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
@@ -78,13 +89,51 @@ def control_model(runner, kind: str):
     return runner._control_models[kind]
 
 
+def _scoring_batch(runner):
+    """The ``(x, y)`` batch SNIP and GraSP score on (the same at every level)."""
+    data = runner.train_data
+    if isinstance(data, tf.data.Dataset):
+        return next(iter(data))
+    x, y = data
+    rng = np.random.default_rng([runner.seed, 7])
+    chosen = np.sort(rng.permutation(len(x))[:int(runner.batch_size or 60)])
+    return x[chosen], y[chosen]
+
+
+def pai_masks(runner, kind: str, level: int, masks: Mapping[str, np.ndarray], control,
+              start) -> Dict[str, np.ndarray]:
+    """Masks of pruning-at-initialisation control ``kind`` at the ticket's sparsity (its
+    ``masks``, keyed as ``control``'s): ``control`` is scored at ``start`` (theta_k)."""
+    sparsity = {k: 1.0 - np.count_nonzero(m) / m.size for k, m in masks.items()}
+    common = {"sparsities": sparsity}
+    if runner.scope == "global":
+        pool = set(runner._fractions(control)[1])
+        zeros = sum(m.size - np.count_nonzero(m) for k, m in masks.items() if k in pool)
+        common = {"sparsity": zeros / sum(masks[k].size for k in pool),
+                  "pinned": {k: s for k, s in sparsity.items() if k not in pool}}
+    if kind == "pai_random":
+        rng = np.random.default_rng([runner.seed, level, 6])
+        return scores.masks_from_scores({k: rng.random(m.shape) for k, m in masks.items()},
+                                        **common)
+    set_masks(control, {k: np.ones_like(m) for k, m in masks.items()})
+    rewind(control, start)
+    method = kind[len("pai_"):]
+    batch = _scoring_batch(runner) if method in init_scores.NEEDS_DATA else None
+    weights = {u.key: u.weight for u in units(control)}
+    return init_scores.score_masks(control, weights, method, data=batch, loss=runner.loss,
+                                   **common)
+
+
 def control_masks(runner, kind: str, level: int, masks: Mapping[str, np.ndarray], control
                   ) -> Mapping[str, np.ndarray]:
-    """The masks control ``kind`` trains under at ``level``, given the ticket's ``masks``."""
+    """The masks control ``kind`` trains under at ``level``, given the ticket's ``masks``
+    (keyed as ``control``'s)."""
     if kind == "random_mask":
         rng = np.random.default_rng([runner.seed, level])
         return {k: selection.random_mask(m.shape, 1.0 - np.count_nonzero(m) / m.size, rng)
                 for k, m in masks.items()}
+    if kind in PAI:
+        return pai_masks(runner, kind, level, masks, control, runner._control_models[kind][1])
     return masks
 
 
@@ -93,10 +142,10 @@ def train_controls(runner, level: int, masks: Mapping[str, np.ndarray]) -> List[
     rows = []
     for kind in runner.controls:
         control, start = control_model(runner, kind)
-        chosen = control_masks(runner, kind, level, masks, control)
+        chosen = control_masks(runner, kind, level, _remap(masks, control), control)
         # masks first, then the start weights: rewinding under the previous level's
         # mask would leave the entries this mask turns on at 0
-        set_masks(control, _remap(chosen, control))
+        set_masks(control, chosen)
         rewind(control, start)
         rows.append(runner._train(control, runner.k, level, kind))
     return rows

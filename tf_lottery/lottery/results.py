@@ -128,7 +128,7 @@ _WRITTEN = _IDENTITY | {"operative_config.gin", "rewind_point.npz", "summary.jso
 def _not_ours(entries) -> List[str]:
     """The entries of a run folder that tf-lottery does not write."""
     return sorted(e for e in entries if e not in _WRITTEN and not e.startswith(
-        ("level_", ".tmp-", "k_", "trial_")))
+        ("level_", ".tmp-", "k_", "trial_", "mode_")))
 
 
 def level_finished(path: str, level: int) -> bool:

@@ -240,8 +240,10 @@ def _export(model, path: str, provenance: dict) -> Optional[str]:
 def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
                    optimizer: Callable = make_optimizer, max_steps: Optional[int] = None,
                    data_dir: Optional[str] = None, export: bool = False,
-                   verbose: Optional[int] = None, trials: Optional[int] = None):
-    """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin).
+                   verbose: Optional[int] = None, trials: Optional[int] = None,
+                   overrides: Optional[Mapping] = None):
+    """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin;
+    ``overrides``, e.g. ``{"mode": "finetune"}``, replace some of them).
 
     ``max_steps`` shortens the run to a smoke test: 2 levels of ``max_steps`` iterations,
     a nonzero ``rewind_step`` becomes iteration 1, and tf.data test and validation sets
@@ -270,6 +272,7 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
         kwargs["verbose"] = int(verbose)
     if trials is not None:
         kwargs["trials"] = int(trials)
+    kwargs.update(overrides or {})
     build = _model_fn(model, loaded.info)
     runner = IterativeMagnitudePruning(
         model_fn=build, train_data=loaded.train, test_data=test, optimizer_fn=optimizer,
