@@ -1,4 +1,5 @@
-"""Figures a person reads: accuracy against weights remaining, per-layer sparsity.
+"""Figures a person reads: accuracy against weights remaining (one run, or trials with
+bands), per-layer sparsity.
 
 matplotlib with the Agg backend only (no display needed); every PNG is written to a
 temporary file beside its target and renamed into place.
@@ -55,6 +56,82 @@ def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitud
     axes.set_xticklabels([f"{t:g}" for t in ticks])
     figure.tight_layout()
     _save_figure(figure, path)
+
+
+def _kinds(rows):
+    kinds = []
+    for row in rows:
+        if row["kind"] not in kinds:
+            kinds.append(row["kind"])
+    return kinds
+
+
+def _log_remaining_axis(axes, rows) -> None:
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
+             if t >= min(100 * r["remaining"] for r in rows) * 0.9]
+    axes.set_xticks(ticks)
+    axes.set_xticklabels([f"{t:g}" for t in ticks])
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def plot_trials(rows, path: str, title: str = "Iterative magnitude pruning"):
+    """The lottery-ticket figure over trials: for each kind, the mean test accuracy with a
+    min-max band (top) and the mean early-stopping iteration with a min-max band (bottom,
+    when the rows have one), against percent of weights remaining on a log axis.
+
+    Args:
+      rows: aggregate rows (``tf_lottery.lottery.trials.aggregate``): ``level``, ``kind``,
+        ``trials``, ``remaining`` (mean, 0..1), ``test_accuracy`` (mean, 0..1) with
+        ``test_accuracy_min`` / ``_max``, and ``early_stop_iteration`` (mean) with
+        ``early_stop_iteration_min`` / ``_max`` (None without validation data).
+      path: the PNG to write (atomically).
+      title: the figure title (model, dataset and trials); "mean, band: min-max over N
+        trials" is added below it.
+
+    Returns:
+      ``path``.
+    """
+    from matplotlib.figure import Figure
+
+    early = any(r.get("early_stop_iteration") is not None for r in rows)
+    figure = Figure(figsize=(6.4, 7.2 if early else 4.4), dpi=120)
+    panels = [figure.add_subplot(2 if early else 1, 1, 1)]
+    if early:
+        panels.append(figure.add_subplot(2, 1, 2, sharex=panels[0]))
+    trials = max(int(r.get("trials", 1)) for r in rows)
+    main = rows[0]["kind"]
+    dense = [r for r in rows if r.get("level") == 0]
+    panel_keys = [("test_accuracy", 100.0, "test accuracy (%)"),
+                  ("early_stop_iteration", 1.0, "early-stopping iteration")][:len(panels)]
+    for axes, (key, scale, label) in zip(panels, panel_keys):
+        for index, kind in enumerate(_kinds(rows)):
+            points = [r for r in rows if r["kind"] == kind and r.get(key) is not None]
+            if kind != main and dense and dense[0].get(key) is not None:
+                points = dense[:1] + points  # controls start from the dense network
+            points.sort(key=lambda r: -r["remaining"])
+            if not points:
+                continue
+            x = [100 * r["remaining"] for r in points]
+            color = f"C{index}"
+            axes.plot(x, [scale * r[key] for r in points], marker="o", markersize=3,
+                      color=color, label=kind)
+            low = [scale * r.get(key + "_min", r[key]) for r in points]
+            high = [scale * r.get(key + "_max", r[key]) for r in points]
+            axes.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        axes.set_ylabel(label)
+        _log_remaining_axis(axes, rows)
+    if dense and dense[0].get("test_accuracy") is not None:
+        panels[0].axhline(100 * dense[0]["test_accuracy"], color="gray", linestyle="--",
+                          linewidth=1, label="dense")
+    panels[0].legend()
+    panels[-1].set_xlabel("percent of prunable weights remaining (log scale)")
+    panels[0].set_title(f"{title}\nmean, band: min-max over {trials} trial"
+                        f"{'s' if trials != 1 else ''}", fontsize=10)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
 
 
 def _sparsity_rows(report_or_masks):

@@ -76,6 +76,10 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
                                             compile=False)
         provenance.update(method=metrics.get("method"), level=metrics.get("sparsity", 0.0))
         return model, provenance
+    if int(config.get("trials", 1)) > 1:
+        raise RunExportError(f"{run_dir} holds {config['trials']} trials, one run folder each: "
+                             f"give --run_dir={os.path.join(run_dir, 'trial_0')} (or another "
+                             "trial_<i>)")
     level, kind, mode = _imp_choice(run_dir, config, level, kind)
     architecture = os.path.join(run_dir, "model.json")
     if not _io.gfile.exists(architecture):

@@ -13,11 +13,9 @@ is the *mode* (one main line per run):
 - ``"lr_rewind"`` (Renda et al. 2020): the trained weights are kept and the learning
   rate schedule is replayed from iteration k.
 
-Controls (ticket mode, levels >= 1), trained beside the ticket and never feeding the
-next level: ``"reinit"`` (the ticket's masks on a fresh random initialisation, drawn
-from each layer's initializer with a different seed) and
-``"random_mask"`` (random masks with the ticket's per-layer counts on theta_k).
-Every kind trains ``T - k`` iterations, T being ``epochs`` of training data.
+Controls (ticket mode, levels >= 1; ``tf_lottery.lottery.controls``) train beside the
+ticket and never feed the next level. Every kind trains ``T - k`` iterations, T being
+``epochs`` of training data.
 """
 import logging
 import math
@@ -30,18 +28,19 @@ import numpy as np
 
 from tf_lottery._io import gfile, local_copy
 from tf_lottery._keras import keras, tf
+from tf_lottery.lottery import controls as controls_
 from tf_lottery.lottery import results
+from tf_lottery.lottery.controls import CONTROLS, reinitialise  # noqa: F401  (public here too)
 from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
-from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
+from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import (apply_masks, check_masks_agree, get_masks, get_weights,
-                                    output_keys, set_masks, sparsify)
+from tf_lottery.masking.api import (check_masks_agree, get_masks, get_weights, output_keys,
+                                    set_masks, sparsify)
 
 log = logging.getLogger("tf_lottery")
 
 MODES = ("ticket", "finetune", "lr_rewind")
-CONTROLS = ("reinit", "random_mask")
 
 
 def _describe(obj):
@@ -73,51 +72,6 @@ def _fingerprint(data):
     arrays = [np.asarray(a) for a in data]
     return {"shapes": [list(a.shape) for a in arrays],
             "sha256": results.digest(arrays, max_bytes=1 << 24)}
-
-
-def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
-    """``masks`` of one model onto another built by the same code (matched by order)."""
-    keys = list(get_masks(model))
-    values = list(masks.values())
-    if len(keys) != len(values):
-        raise ValueError("the control model has a different set of prunable weights")
-    return dict(zip(keys, values))
-
-
-def _initialised_weights(layer):
-    """``(variable, initializer)`` of every weight ``layer`` draws from an initializer:
-    an ``<x>_initializer`` attribute names the weight ``<x>``, ``<x>_kernel`` (recurrent,
-    depthwise, pointwise) or ``<x>s`` (embeddings)."""
-    for attr, initializer in list(vars(layer).items()):
-        if not attr.endswith("_initializer") or initializer is None:
-            continue
-        base = attr[:-len("_initializer")].lstrip("_")
-        for name in (base, base + "_kernel", base + "s"):
-            variable = getattr(layer, name, None)
-            if isinstance(variable, tf.Variable):
-                if name == "bias" and getattr(layer, "unit_forget_bias", False):
-                    break  # drawn by a function the cell builds itself; fixed, not random
-                yield variable, keras.initializers.get(initializer)
-                break
-
-
-def reinitialise(model, seed: int) -> None:
-    """Draws every initialised weight of ``model`` afresh from its layer's initializer.
-
-    Covers kernels, recurrent kernels, depthwise / pointwise kernels, embeddings, biases
-    and normalisation parameters. Seeded initializers get ``seed`` plus the layer's
-    position, so the draw differs from the model's own initialisation even when
-    ``model_fn`` pins a seed. Masked entries stay 0.
-    """
-    layers = [sub for layer in model.layers for sub in layer._flatten_layers()]
-    for index, layer in enumerate(layers):
-        for variable, initializer in _initialised_weights(layer):
-            config = initializer.get_config()
-            if "seed" in config:
-                config["seed"] = seed * 1009 + index
-            fresh = type(initializer).from_config(config)
-            variable.assign(fresh(variable.shape, getattr(variable, "true_dtype", variable.dtype)))
-    apply_masks(model)
 
 
 def remaining(masks: Mapping[str, np.ndarray]) -> float:
@@ -176,6 +130,9 @@ class IterativeMagnitudePruning:
         bar (levels done, time per level, time left) and one printed line per level;
         2 = also one line per epoch; 3 = also Keras' per-epoch progress bars.
       callbacks: extra Keras callbacks for every ``fit``.
+      trials: N > 1 runs N seeds (``seed``, ``seed + 1``, ...), each in its own run folder
+        ``output_dir/trial_<i>``, and ``run`` returns their mean, std, min and max per level
+        and kind (``tf_lottery.lottery.trials``); 1 is one run in ``output_dir`` itself.
     """
 
     def __init__(self, model_fn: Callable, train_data, test_data, optimizer_fn: Callable,
@@ -189,7 +146,8 @@ class IterativeMagnitudePruning:
                  scope: str = "layerwise", rewind_step=0, controls: Sequence[str] = (),
                  mode: str = "ticket", seed: int = 0, output_dir: Optional[str] = None,
                  overwrite: bool = False, deterministic: bool = True, verbose: int = 1,
-                 callbacks: Sequence = ()):
+                 callbacks: Sequence = (), trials: int = 1):
+        self._arguments = {k: v for k, v in locals().items() if k != "self"}  # for trials
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
         controls = tuple(controls or ())
@@ -233,6 +191,9 @@ class IterativeMagnitudePruning:
         self.seed, self.deterministic = int(seed), deterministic
         self.verbose, self.callbacks = verbose, list(callbacks)
         self.output_dir, self.overwrite = output_dir, overwrite
+        if int(trials) < 1:
+            raise ValueError(f"trials must be >= 1, got {trials}")
+        self.trials = int(trials)
         self.timings: List[dict] = []
         self._control_models: Dict[str, tuple] = {}
         self._writers: Dict[str, object] = {}
@@ -264,7 +225,7 @@ class IterativeMagnitudePruning:
         }
 
     def _seed(self, level: int, kind: str) -> None:
-        offset = {"ticket": 0, "finetune": 0, "lr_rewind": 0, "reinit": 1, "random_mask": 2}
+        offset = {"ticket": 0, "finetune": 0, "lr_rewind": 0, **controls_.SEED_OFFSETS}
         keras.utils.set_random_seed(self.seed * 100003 + level * 10 + offset[kind])
 
     def _build(self, seed_kind: str = "ticket", level: int = 0):
@@ -353,31 +314,8 @@ class IterativeMagnitudePruning:
             raise ValueError("IMP needs an accuracy metric: pass metrics=('accuracy',)")
         return float(accuracy), float(scores.get("loss", np.nan))
 
-    def _control(self, kind: str):
-        """The model of a control (built once) and the weights it restarts from."""
-        if kind not in self._control_models:
-            control = self._build("reinit" if kind == "reinit" else "ticket")
-            if kind == "reinit":
-                reinitialise(control, self.seed + 1)
-            start = snapshot(control) if kind == "reinit" else self._theta_k
-            self._control_models[kind] = (control, start)
-        return self._control_models[kind]
-
     def _controls(self, level: int, masks) -> List[dict]:
-        rows = []
-        for kind in self.controls:
-            control, start = self._control(kind)
-            chosen = masks
-            if kind == "random_mask":
-                rng = np.random.default_rng([self.seed, level])
-                chosen = {k: selection.random_mask(m.shape, 1.0 - np.count_nonzero(m) / m.size,
-                                                   rng) for k, m in masks.items()}
-            # masks first, then the start weights: rewinding under the previous level's
-            # mask would leave the entries this mask turns on at 0
-            set_masks(control, _remap(chosen, control))
-            rewind(control, start)
-            rows.append(self._train(control, self.k, level, kind))
-        return rows
+        return controls_.train_controls(self, level, masks)
 
     def _validate(self, model) -> None:
         """Everything a level needs that could be wrong, checked before anything is written:
@@ -397,8 +335,12 @@ class IterativeMagnitudePruning:
         test accuracy of the weights at that iteration), ``early_stop_val_loss``,
         ``best_val_accuracy`` (the early-stopping figures are None without validation
         data), ``iterations``, ``fit_seconds`` and ``wall_seconds``. A finished run in
-        ``output_dir`` is read back, and nothing in the folder is written again.
+        ``output_dir`` is read back, and nothing in the folder is written again. With
+        ``trials`` > 1: the rows of ``tf_lottery.lottery.trials.aggregate``.
         """
+        if self.trials > 1:
+            from tf_lottery.lottery.trials import run_trials
+            return run_trials(self)
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
         model = self._build()

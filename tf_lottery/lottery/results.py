@@ -13,6 +13,9 @@ Layout of ``output_dir``::
     level_<i>/metrics.json  one entry per kind trained at this level
     summary.json, summary.csv, accuracy_vs_remaining.png, tensorboard/
 
+With ``trials`` > 1 the folder holds one such run folder per trial, ``trial_<i>/``, and
+the summary over trials (``tf_lottery.lottery.trials``).
+
 ``output_dir`` may be local or on any ``tf.io.gfile`` filesystem (``gs://...``). Every
 file is written to a temporary name in its folder and renamed into place, so a
 run killed at any moment leaves either the old file or the new one, never half of one.
@@ -125,7 +128,7 @@ _WRITTEN = _IDENTITY | {"operative_config.gin", "rewind_point.npz", "summary.jso
 def _not_ours(entries) -> List[str]:
     """The entries of a run folder that tf-lottery does not write."""
     return sorted(e for e in entries if e not in _WRITTEN and not e.startswith(
-        ("level_", ".tmp-", "k_")))
+        ("level_", ".tmp-", "k_", "trial_", "mode_")))
 
 
 def level_finished(path: str, level: int) -> bool:

@@ -240,14 +240,18 @@ def _export(model, path: str, provenance: dict) -> Optional[str]:
 def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = gin.REQUIRED,
                    optimizer: Callable = make_optimizer, max_steps: Optional[int] = None,
                    data_dir: Optional[str] = None, export: bool = False,
-                   verbose: Optional[int] = None):
-    """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin).
+                   verbose: Optional[int] = None, trials: Optional[int] = None,
+                   overrides: Optional[Mapping] = None):
+    """Runs ``IterativeMagnitudePruning`` (its other arguments come from gin;
+    ``overrides``, e.g. ``{"mode": "finetune"}``, replace some of them).
 
     ``max_steps`` shortens the run to a smoke test: 2 levels of ``max_steps`` iterations,
     a nonzero ``rewind_step`` becomes iteration 1, and tf.data test and validation sets
     are cut to ``max_steps`` batches. ``export`` exports the last level's main line into
     ``output_dir/export/level_<i>_<kind>`` (``tf-lottery export`` exports any other).
-    ``verbose`` (if not None) replaces ``IterativeMagnitudePruning.verbose``.
+    ``verbose`` (if not None) replaces ``IterativeMagnitudePruning.verbose``, ``trials``
+    (if not None) ``IterativeMagnitudePruning.trials``: N seeds in ``output_dir/trial_<i>``
+    with a summary over them; checksums and ``export`` then use trial 0.
     """
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     test, validation = loaded.test, loaded.validation
@@ -266,6 +270,9 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
             f"{_bound('data.test_split', 'test')!r})")
     if verbose is not None:
         kwargs["verbose"] = int(verbose)
+    if trials is not None:
+        kwargs["trials"] = int(trials)
+    kwargs.update(overrides or {})
     build = _model_fn(model, loaded.info)
     runner = IterativeMagnitudePruning(
         model_fn=build, train_data=loaded.train, test_data=test, optimizer_fn=optimizer,
@@ -273,6 +280,8 @@ def imp_experiment(output_dir: str, overwrite: bool = False, model: Callable = g
     rows = runner.run()
     result = {"rows": rows, "timings": runner.timings}
     last = runner.levels - 1
+    if runner.trials > 1 and output_dir:
+        output_dir = os.path.join(output_dir, "trial_0")
     masks_file = os.path.join(output_dir, f"level_{last}", "masks.npz")
     if _io.gfile.exists(masks_file):
         result["checksums"] = {"masks": results.digest(results.read_arrays(masks_file).values())}
@@ -453,7 +462,7 @@ MAX_STEPS_ENV = "TF_LOTTERY_MAX_STEPS"
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
           tpu: Optional[str] = None, overwrite: bool = False, max_steps: Optional[int] = None,
           export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0,
-          verbose: Optional[int] = None):
+          verbose: Optional[int] = None, trials: Optional[int] = None):
     """Runs the gin-selected ``experiment`` under ``strategy``; returns its result.
 
     Args:
@@ -471,6 +480,8 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         split (``tfds.testing.mock_data``): for smoke tests without the data.
       verbose: if not None, the experiment's verbosity (``IterativeMagnitudePruning.verbose``,
         ``sparse_training.verbose``), which is not part of the run's identity.
+      trials: if not None, run this many seeds (experiments that accept ``trials``:
+        ``imp_experiment``), each in ``output_dir/trial_<i>``, with a summary over them.
     """
     if not max_steps and os.environ.get(MAX_STEPS_ENV):
         max_steps = int(os.environ[MAX_STEPS_ENV])
@@ -480,10 +491,14 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
     kwargs = {"output_dir": write_dir, "overwrite": overwrite}
     optional = {"max_steps": int(max_steps) if max_steps else None, "data_dir": data_dir,
                 "export": bool(export) and private is None,
-                "backup_dir": os.path.join(output_dir, "backup"), "verbose": verbose}
+                "backup_dir": os.path.join(output_dir, "backup"), "verbose": verbose,
+                "trials": trials}
     for name, value in optional.items():
         if value is not None and value is not False and _accepts(experiment, name):
             kwargs[name] = value
+    if trials is not None and "trials" not in kwargs:
+        raise ValueError(f"train.trials = {trials}: this experiment runs one seed; trials "
+                         "work with train.experiment = @imp_experiment")
     try:
         with dist.scope():
             if mock_data:
