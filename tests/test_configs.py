@@ -35,7 +35,8 @@ from tf_lottery.training import train as training
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "gin_configs"
 CONFIGS = sorted(glob.glob(str(CONFIG_DIR / "*.gin")))
-COMPILED = {"digits_lenet300100_imp", "digits_lenet300100_rigl",
+COMPILED = {"digits_lenet300100_imp", "digits_lenet300100_rigl", "digits_lenet300100_trials",
+            "digits_lenet300100_pai", "digits_lenet300100_baselines",
             "digits_lenet300100_instability"}
 SMOKE = ["train.max_steps = 2", "data.batch_size = 2",
          "IterativeMagnitudePruning.verbose = 0", "sparse_training.verbose = 0"]
@@ -97,13 +98,22 @@ def test_config_runs_two_steps(path, tmp_path, clean_state):
         assert set(configured) <= set(imp.CONTROLS)
         with gin.unlock_config():
             gin.bind_parameter("IterativeMagnitudePruning.controls", ())
+    trials = training._bound("train.trials")
+    if trials:  # two trials are enough to run a trials config's code
+        with gin.unlock_config():
+            gin.bind_parameter("train.trials", 2)
     tf.config.run_functions_eagerly(name not in COMPILED)
     output_dir = tmp_path / name
     with tfds.testing.mock_data(num_examples=4):
         result = training.train(str(output_dir), data_dir=str(tmp_path / "tfds"))
     assert (output_dir / "operative_config.gin").is_file()
     assert "train.max_steps = 2" in (output_dir / "config.gin").read_text()
-    assert (output_dir / "tensorboard").is_dir()
+    run_dir = output_dir  # a baselines config's first mode, a trials config's first trial
+    modes = training._bound("imp_baselines.modes")
+    if modes and "@imp_baselines" in gin.config_str():
+        run_dir = run_dir / f"mode_{modes[0]}"
+    run_dir = run_dir / "trial_0" if trials else run_dir
+    assert (run_dir / "tensorboard").is_dir()
     assert not (output_dir / "export").exists()  # nothing is exported unless asked
     if "instability" in result:  # rewind points 0 and 1 of a 2-iteration run, 3 points
         assert [r["rewind_iteration"] for r in result["instability"]] == [0, 1]
@@ -216,6 +226,10 @@ REFERENCES = {
         iterations=60 * 19, rewind_steps=(0, "2it", "5it", "10it", "1ep", "2ep", "5ep", "10ep",
                                           "20ep"),
         source="digits_lenet300100_imp's training; Frankle et al. 2020 Section 3"),
+    "digits_lenet300100_trials": dict(_LENET, iterations=60 * 19, validation="train[90%:]"),
+    "digits_lenet300100_pai": dict(_LENET, iterations=60 * 19, validation="train[90%:]"),
+    "digits_lenet300100_baselines": dict(_LENET, iterations=60 * 19,
+                                         validation="train[90%:]"),
     "digits_lenet300100_rigl": dict(_ADAM, model="lenet_300_100", lr=1.2e-3,
                                     weight_decay=0.0, dropout=(), dense=(),
                                     source="demo, not a paper row"),
@@ -265,6 +279,8 @@ def test_config_settings_match_the_references(path, clean_state):
     ref = REFERENCES[_name(path)]
     training.parse_gin([path], [])
     experiment = gin.query_parameter("train.experiment").selector.split(".")[-1]
+    if experiment == "imp_baselines":  # imp_experiment once per mode
+        experiment = "imp_experiment"
     model_name = gin.query_parameter(f"{experiment}.model").selector.split(".")[-1]
     expected_model = ref["model"]
     if expected_model == "conv":

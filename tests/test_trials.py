@@ -137,6 +137,13 @@ def test_trials_resume_per_trial_and_recompute_nothing_finished(data, tmp_path):
         load_run_model(moved)
 
 
+def test_export_names_the_run_folder_of_a_baselines_comparison(tmp_path):
+    from tf_lottery.export.run_folder import RunExportError, load_run_model
+    results.RunDirectory(str(tmp_path / "cmp"), {"modes": ["ticket", "finetune"]})
+    with pytest.raises(RunExportError, match="mode_ticket"):
+        load_run_model(str(tmp_path / "cmp"))
+
+
 def test_trials_one_keeps_the_single_run_layout(data, tmp_path):
     out = str(tmp_path / "single")
     runner(data, out, levels=2, trials=1).run()

@@ -38,6 +38,7 @@ from tf_lottery.training import instability_experiment  # noqa: F401  (gin regis
 from tf_lottery.training import baselines_experiment  # noqa: F401  (gin registration)
 from tf_lottery.lottery.instability import instability, instability_sweep, plot_instability
 from tf_lottery.plots import plot_accuracy_vs_remaining, plot_layer_sparsity
+from tf_lottery.plots import plot_trials
 from tf_lottery import dst  # noqa: F401
 from tf_lottery.dst import GradualMagnitudePruning, RigL, SET, SNFS, SparseOptimizer, StaticSparse
 from tf_lottery import lottery  # noqa: F401
@@ -49,7 +50,7 @@ __all__ = [
     "plot_layer_sparsity",
     "IterativeMagnitudePruning", "RewindCheckpoint", "WarmupStepDecay", "plot_accuracy_vs_remaining",
     "compact", "export", "rewind", "run_imp", "train",
-    "instability", "instability_sweep", "plot_instability",
+    "instability", "instability_sweep", "plot_instability", "plot_trials",
     "MaskedLayer", "apply_masks", "check_masks_agree", "custom_object_scope", "custom_objects",
     "get_masks", "get_weights",
     "masked_layers", "set_masks", "sparsify", "sparsity_distribution", "sparsity_report",

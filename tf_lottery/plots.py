@@ -67,7 +67,10 @@ def _kinds(rows):
 
 
 def _log_remaining_axis(axes, rows) -> None:
+    from matplotlib.ticker import NullFormatter
+
     axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.invert_xaxis()
     ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
              if t >= min(100 * r["remaining"] for r in rows) * 0.9]

@@ -62,6 +62,11 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
     provenance = {"run_dir": os.path.abspath(run_dir) if _io.is_local(run_dir) else run_dir,
                   "gin_config": (_io.read_bytes(gin_file).decode("utf-8")
                                  if _io.gfile.exists(gin_file) else None)}
+    if "modes" in config:  # @imp_baselines: one IMP run folder per mode
+        raise RunExportError(f"{run_dir} compares the IMP modes {config['modes']}, one run "
+                             "folder each: give --run_dir="
+                             f"{os.path.join(run_dir, 'mode_' + config['modes'][0])} (add "
+                             "/trial_<i> when it ran trials)")
     if "levels" not in config:  # a sparse-training run
         if level is not None or kind is not None:
             raise RunExportError(f"{run_dir} is a training run with one model: drop --level "
