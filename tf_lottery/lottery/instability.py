@@ -185,10 +185,12 @@ def instability_sweep(rewind_steps: Sequence[Step], **kwargs) -> List[Instabilit
 
 
 def plot_instability(curves: Mapping[str, Sequence[Instability]], path: str,
-                     title: str = "Instability analysis") -> None:
+                     title: str = "Instability analysis", ymax: Optional[float] = None) -> None:
     """Error barrier (percentage points) against rewind iteration k, one line per entry
     of ``curves`` (label -> sweep, e.g. ``{"dense": ..., "ticket 20%": ...}``), on a
-    symlog x axis (k = 0 included). Written atomically as PNG."""
+    symlog x axis (k = 0 included); ``ymax`` (percentage points) fixes the y range from 0
+    so that barriers of a test image or two do not fill the figure. Written atomically
+    as PNG."""
     from matplotlib.figure import Figure
 
     from tf_lottery.plots import _save_figure
@@ -201,6 +203,8 @@ def plot_instability(curves: Mapping[str, Sequence[Instability]], path: str,
     axes.set_xscale("symlog", linthresh=1)
     axes.set_xlabel("rewind iteration k (symlog)")
     axes.set_ylabel("test error barrier (percentage points)")
+    if ymax is not None:
+        axes.set_ylim(0.0, float(ymax))
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
