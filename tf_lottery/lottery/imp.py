@@ -312,15 +312,17 @@ class IterativeMagnitudePruning:
         if optimizer is None:
             optimizer = self.optimizer_fn()
             model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
-                          steps_per_execution=self._steps_per_execution())
+                          steps_per_execution=self._steps_per_execution(model))
             self._optimizers[id(model)] = optimizer
         reset_optimizer(optimizer, start, model.trainable_variables)
         return optimizer
 
-    def _steps_per_execution(self) -> int:
+    def _steps_per_execution(self, model) -> int:
         """Batches per compiled call: as many as the validation points allow, or 1 when
-        user callbacks or Keras' progress bars (verbose 3) must see every batch."""
-        if self.callbacks or self.verbose >= 3:
+        user callbacks or Keras' progress bars (verbose 3) must see every batch, or when
+        ``ValidationCurve`` cannot resize executions (only tf_keras reads
+        ``model.steps_per_execution`` anew before each one)."""
+        if self.callbacks or self.verbose >= 3 or not isinstance(model, keras.Model):
             return 1
         return self.total
 
@@ -352,7 +354,7 @@ class IterativeMagnitudePruning:
         optimizer = self._compiled(model, start)
         iterations = self.total - self.k
         history = ValidationCurve(iterations, self._evaluator, self.eval_every,
-                                  self._steps_per_execution(), stops)
+                                  self._steps_per_execution(model), stops)
         t0 = time.perf_counter()
         fit_verbose = {2: 2, 3: 1}.get(int(self.verbose), 0)
         model.fit(**self._fit_args(iterations), verbose=fit_verbose,
