@@ -35,7 +35,7 @@ from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind, snapshot
 from tf_lottery.masking import selection
-from tf_lottery.masking.state import reset_optimizer
+from tf_lottery.masking.state import build_optimizer, reset_optimizer
 from tf_lottery.masking.api import (apply_masks, check_masks_agree, get_masks, get_weights,
                                     output_keys, set_masks, sparsify)
 
@@ -306,14 +306,15 @@ class IterativeMagnitudePruning:
 
     def _compiled(self, model, start: int):
         """Compiles ``model`` once (its train function is traced once and reused by every
-        later training); later calls give its optimizer a fresh optimizer's state at
+        later training) with its optimizer's slots built; later calls give its optimizer a fresh optimizer's state at
         iteration ``start`` instead of building and compiling a new one."""
         optimizer = self._optimizers.get(id(model))
         if optimizer is None:
             optimizer = self.optimizer_fn()
             model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
                           steps_per_execution=self._steps_per_execution(model))
-            self._optimizers[id(model)] = optimizer
+            build_optimizer(model)  # slots now: the first trace creates no variables, so
+            self._optimizers[id(model)] = optimizer  # tf.function traces it once, not twice
         reset_optimizer(optimizer, start, model.trainable_variables)
         return optimizer
 
