@@ -18,7 +18,11 @@ ticket's per-layer counts, as the ``random_mask`` control does
 
 Random figures are the mean over the draws (min-max in brackets). With ``--run_dir`` (a
 finished digits IMP run folder), the ticket's own masks (``level_<i>/masks.npz``) are
-measured too; without it the per-layer counts come from the pruning schedule.
+measured too, and a second table runs both masks on the run's theta_0
+(``rewind_point.npz``) over the 1,131 training digits: first- and second-layer units that
+never activate (ReLU output 0 on every image), and the spread of the logits (standard
+deviation over images, mean over classes); without it the per-layer counts come from the
+pruning schedule.
 """
 import argparse
 import os
@@ -50,6 +54,20 @@ def connectivity(masks) -> dict:
     return {"remaining": kept / sum(m.size for m in (m1, m2, m3)),
             "paths": float(forward[-1].sum()), "live": live / max(kept, 1),
             "classes": int((forward[-1] > 0).sum()), "inputs": int((backward[0] > 0).sum())}
+
+
+def activity(masks, theta, x) -> dict:
+    """Hidden units never active on ``x`` and the logits' spread, for ``masks`` on ``theta``
+    (kernels and biases in layer order)."""
+    h, out = x, {}
+    for i, (kernel, bias, mask) in enumerate(zip(theta[0::2], theta[1::2], masks)):
+        z = h @ (kernel * mask) + bias
+        if i < 2:
+            h = np.maximum(z, 0.0)
+            out[f"dead{i + 1}"] = int((h.max(axis=0) <= 0).sum())
+        else:
+            out["logit_std"] = float(z.std(axis=0).mean())
+    return out
 
 
 def schedule_counts(levels: int):
@@ -107,6 +125,27 @@ def main():
             line += (f" | {t['paths']:.0f}, {100 * t['live']:.1f}, {t['classes']}, "
                      f"{t['inputs']}")
         print(line)
+    if not tickets:
+        return
+    from tf_lottery.lottery import results
+    from tf_lottery.training import datasets
+    point = results.read_arrays(os.path.join(args.run_dir, "rewind_point.npz"))
+    theta = [point[k] for k in sorted(point)]
+    x = datasets.digits_split("train[:90%]")[0].reshape(-1, 64)
+    print(f"\nat theta_0 on the training digits: units never active (of 300 / 100), logits' std")
+    for level in range(args.first, args.levels):
+        if level not in tickets:
+            continue
+        kept = [int(m.sum()) for m in tickets[level]]
+        rows = [activity([selection.random_mask(s, 1.0 - n / np.prod(s),
+                                                np.random.default_rng([draw, level]))
+                          for s, n in zip(SHAPES, kept)], theta, x)
+                for draw in range(args.draws)]
+        t = activity(tickets[level], theta, x)
+        print(f"{level:>5} random: fc1 {_fmt([r['dead1'] for r in rows])}, fc2 "
+              f"{_fmt([r['dead2'] for r in rows])}, logits "
+              f"{_fmt([r['logit_std'] for r in rows], 4)} | ticket: fc1 {t['dead1']}, fc2 "
+              f"{t['dead2']}, logits {t['logit_std']:.4f}")
 
 
 if __name__ == "__main__":
