@@ -54,6 +54,7 @@ EXPECTED = {
     "imagenet_resnet50_rigl5x_erk80", "imagenet_resnet50_rigl5x_erk90",
     "imagenet_mobilenet_v1_rigl_erk75",
     "cifar10_resnet20_lmc_imp_rewind", "cifar10_vgg16_lmc_imp_rewind",
+    "cifar10_resnet20_instability", "cifar10_vgg16_instability",
 }
 
 
@@ -173,6 +174,7 @@ _LMC = dict(optimizer="SGD", momentum=0.9, nesterov=False, decay=0.1, dropout=()
             kernel_init=("VarianceScaling", 2.0, "fan_in", "untruncated_normal"),
             source="Frankle et al. 2020 Table 1; open_lth default_hparams 160ep, "
                    "80ep/120ep, 391 it/epoch, kaiming_normal, batchnorm_init uniform")
+_LMC_K = (0, 25, 100, 500, 1000, 2000, 10000)  # around Frankle et al. 2020's stable points
 _WRN = dict(model="wrn_22_2", optimizer="SGD", momentum=0.9, nesterov=True, lr=0.1,
             warmup=0, boundaries=(30000, 60000, 90000), decay=0.2, weight_decay=5e-4,
             dropout=(0.3,) * 9, dense=("conv1",), preprocessing=("reflect", "per_image"),
@@ -230,6 +232,8 @@ REFERENCES = {
     "digits_lenet300100_pai": dict(_LENET, iterations=60 * 19, validation="train[90%:]"),
     "digits_lenet300100_baselines": dict(_LENET, iterations=60 * 19,
                                          validation="train[90%:]"),
+    "cifar10_resnet20_instability": dict(_LMC, model="resnet20", rewind_steps=_LMC_K),
+    "cifar10_vgg16_instability": dict(_LMC, model="vgg16", rewind_steps=_LMC_K),
     "digits_lenet300100_rigl": dict(_ADAM, model="lenet_300_100", lr=1.2e-3,
                                     weight_decay=0.0, dropout=(), dense=(),
                                     source="demo, not a paper row"),

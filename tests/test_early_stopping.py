@@ -88,6 +88,33 @@ def test_curve_points_and_best_weights(splits):
         ValidationCurve(5, None, every=0)
 
 
+def test_multi_step_executions_end_at_every_validation_point_and_stop(splits):
+    x, y = splits[0]
+    runs = {}
+    for steps in (1, 50):
+        keras.utils.set_random_seed(0)
+        model = mlp()
+        model.compile(sgd(), LOSS, steps_per_execution=steps)
+        ends = []
+
+        class Ends(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                ends.append(int(self.model.optimizer.iterations.numpy()))
+
+        curve = ValidationCurve(11, Evaluator(splits[1], LOSS), every=3,
+                                steps_per_execution=steps, stops=(5,))
+        # 200 digits in batches of 40: 5 batches per epoch, so epochs end at 5 and 10 too
+        model.fit(x, y, batch_size=40, epochs=3, verbose=0, shuffle=False,
+                  callbacks=[curve, Ends()])
+        runs[steps] = (ends, curve.curve, model.get_weights())
+    assert runs[50][0] == [3, 5, 6, 9, 10, 11]  # validation points, the stop, epoch ends
+    assert runs[1][0] == list(range(1, 12))
+    assert [p["iteration"] for p in runs[50][1]] == [3, 6, 9, 11]
+    assert runs[50][1] == runs[1][1]
+    for a, b in zip(runs[50][2], runs[1][2]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_imp_reports_test_accuracy_at_the_early_stopping_iteration(splits, tmp_path):
     train, validation, test = splits
     weights_at = {}

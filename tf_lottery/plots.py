@@ -14,6 +14,19 @@ def _save_figure(figure, path: str) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
+def remaining_axis(axes, smallest: float) -> None:
+    """Makes ``axes``' x axis the lottery-ticket one: percent of prunable weights
+    remaining on a log scale from 100% down to ``smallest`` (percent), ticks at the
+    levels of 20% pruning per level."""
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    axes.set_xlabel("percent of prunable weights remaining (log scale)")
+    ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
+             if t >= smallest * 0.9]
+    axes.set_xticks(ticks)
+    axes.set_xticklabels([f"{t:g}" for t in ticks])
+
+
 def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitude pruning"):
     """The lottery-ticket figure: test accuracy against percent of weights remaining.
 
@@ -43,17 +56,11 @@ def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitud
                   label=kind)
     if dense:
         axes.axhline(100 * dense[0], color="gray", linestyle="--", linewidth=1, label="dense")
-    axes.set_xscale("log")
-    axes.invert_xaxis()
-    axes.set_xlabel("percent of prunable weights remaining (log scale)")
+    remaining_axis(axes, min(100 * r["remaining"] for r in rows))
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
-             if t >= min(100 * r["remaining"] for r in rows) * 0.9]
-    axes.set_xticks(ticks)
-    axes.set_xticklabels([f"{t:g}" for t in ticks])
     figure.tight_layout()
     _save_figure(figure, path)
 

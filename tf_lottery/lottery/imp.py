@@ -19,7 +19,6 @@ ticket and never feed the next level. Every kind trains ``T - k`` iterations, T 
 """
 import logging
 import math
-import os
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -35,8 +34,9 @@ from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import (check_masks_agree, get_masks, get_weights, output_keys,
-                                    set_masks, sparsify)
+from tf_lottery.masking.state import build_optimizer, reset_optimizer
+from tf_lottery.masking.api import (check_masks_agree, get_masks, get_weights,
+                                    output_keys, set_masks, sparsify)
 
 log = logging.getLogger("tf_lottery")
 
@@ -196,6 +196,7 @@ class IterativeMagnitudePruning:
         self.trials = int(trials)
         self.timings: List[dict] = []
         self._control_models: Dict[str, tuple] = {}
+        self._optimizers: Dict[int, object] = {}
         self._writers: Dict[str, object] = {}
 
     def _steps_per_epoch(self, data) -> int:
@@ -263,21 +264,61 @@ class IterativeMagnitudePruning:
             return {"x": data}
         return {"x": data[0], "y": data[1], "batch_size": self.batch_size}
 
-    def _train(self, model, start: int, level: int, kind: str, extra_callbacks=()) -> dict:
-        """Compiles a fresh optimizer at iteration ``start``, trains T - k iterations, tests."""
+    def _compiled(self, model, start: int):
+        """Compiles ``model`` once (its train function is traced once and reused by every
+        later training) with its optimizer's slots built; later calls give its optimizer a fresh optimizer's state at
+        iteration ``start`` instead of building and compiling a new one."""
+        optimizer = self._optimizers.get(id(model))
+        if optimizer is None:
+            optimizer = self.optimizer_fn()
+            model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
+                          steps_per_execution=self._steps_per_execution(model))
+            build_optimizer(model)  # slots now: the first trace creates no variables, so
+            self._optimizers[id(model)] = optimizer  # tf.function traces it once, not twice
+        reset_optimizer(optimizer, start, model.trainable_variables)
+        return optimizer
+
+    def _steps_per_execution(self, model) -> int:
+        """Batches per compiled call: as many as the validation points allow, or 1 when
+        user callbacks or Keras' progress bars (verbose 3) must see every batch, or when
+        ``ValidationCurve`` cannot resize executions (only tf_keras reads
+        ``model.steps_per_execution`` anew before each one)."""
+        if self.callbacks or self.verbose >= 3 or not isinstance(model, keras.Model):
+            return 1
+        return self.total
+
+    def _fit_args(self, iterations: int) -> dict:
+        """``fit`` arguments for ``iterations`` batches of freshly shuffled training data.
+
+        Arrays become one dataset (a new permutation per pass over the data, a partial
+        last batch, as ``fit`` makes from arrays), repeated like a dataset given as
+        ``train_data``, so every setting trains on the same batches. Keras epochs are the
+        data's at verbose 2 (one line per epoch) and with user callbacks; otherwise nothing
+        looks at epochs and the whole training is one, so that executions span whole
+        validation intervals."""
+        data = self.train_data
+        if not isinstance(data, tf.data.Dataset):
+            x, y = data
+            data = (tf.data.Dataset.from_tensor_slices((x, y))
+                    .shuffle(len(x), seed=self.seed, reshuffle_each_iteration=True)
+                    .batch(int(self.batch_size)).prefetch(tf.data.AUTOTUNE))
+        if self.verbose >= 2 or self.callbacks:
+            return {"x": data.repeat(), "steps_per_epoch": self.steps_per_epoch,
+                    "epochs": int(math.ceil(iterations / self.steps_per_epoch))}
+        return {"x": data.repeat(), "steps_per_epoch": iterations, "epochs": 1}
+
+    def _train(self, model, start: int, level: int, kind: str, extra_callbacks=(),
+               stops=()) -> dict:
+        """Trains ``model`` T - k iterations from iteration ``start`` with a fresh
+        optimizer state, then tests it (and its early-stopping weights)."""
         self._seed(level, kind)
-        optimizer = self.optimizer_fn()
-        model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics)
-        optimizer.iterations.assign(start)
-        history = ValidationCurve(self.total - self.k, self._evaluator, self.eval_every)
-        epochs = int(math.ceil((self.total - self.k) / self.steps_per_epoch))
+        optimizer = self._compiled(model, start)
+        iterations = self.total - self.k
+        history = ValidationCurve(iterations, self._evaluator, self.eval_every,
+                                  self._steps_per_execution(model), stops)
         t0 = time.perf_counter()
-        fit_data = self._data_args(self.train_data)
-        if isinstance(self.train_data, tf.data.Dataset):
-            fit_data["x"] = self.train_data.repeat()
-            fit_data["steps_per_epoch"] = self.steps_per_epoch
         fit_verbose = {2: 2, 3: 1}.get(int(self.verbose), 0)
-        model.fit(**fit_data, epochs=epochs, shuffle=True, verbose=fit_verbose,
+        model.fit(**self._fit_args(iterations), verbose=fit_verbose,
                   callbacks=[history, *extra_callbacks, *self.callbacks])
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -287,12 +328,11 @@ class IterativeMagnitudePruning:
         if best is not None:
             early_accuracy = accuracy
             if best is not history.curve[-1]:  # test the weights of the early-stopping point
-                if self._test_evaluator is None:
-                    self._test_evaluator = Evaluator(self.test_data, self.loss)
-                final = model.get_weights()
-                model.set_weights(history.best_weights)
-                early_accuracy = self._test_evaluator(model)["accuracy"]
-                model.set_weights(final)
+                final = [tf.identity(w) for w in model.weights]
+                history.restore_best(model)
+                early_accuracy = self._test(model)[0]
+                for weight, value in zip(model.weights, final):
+                    weight.assign(value)
         eval_seconds = time.perf_counter() - t0
         masks = get_masks(model)
         return {
@@ -307,12 +347,13 @@ class IterativeMagnitudePruning:
         }
 
     def _test(self, model):
-        """(test accuracy, test loss) of ``model`` as it is."""
-        scores = model.evaluate(**self._data_args(self.test_data), verbose=0, return_dict=True)
-        accuracy = next((v for k, v in scores.items() if "acc" in k), None)
-        if accuracy is None:
-            raise ValueError("IMP needs an accuracy metric: pass metrics=('accuracy',)")
-        return float(accuracy), float(scores.get("loss", np.nan))
+        """(test accuracy, test loss) of ``model`` as it is: the one test measurement, the
+        loss with the model's regularisation terms as ``evaluate`` reports it."""
+        if self._test_evaluator is None:
+            self._test_evaluator = Evaluator(self.test_data, self.loss)
+        scores = self._test_evaluator(model)
+        penalty = float(tf.add_n(model.losses)) if model.losses else 0.0
+        return float(scores["accuracy"]), float(scores["loss"]) + penalty
 
     def _controls(self, level: int, masks) -> List[dict]:
         return controls_.train_controls(self, level, masks)
@@ -390,7 +431,8 @@ class IterativeMagnitudePruning:
             if model.distribute_strategy.num_replicas_in_sync > 1:
                 check_masks_agree(model)  # pruned from each worker's copy of the weights
         prep_seconds = time.perf_counter() - t_level
-        row = self._train(model, start, level, self.mode, extra)
+        row = self._train(model, start, level, self.mode, extra,
+                          stops=(self.k,) if level == 0 and self.k else ())
         if level == 0:
             self._theta_k = checkpoint.values
             if folder is not None:

@@ -65,13 +65,15 @@ def linear_path(model, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
     holding ``interpolate(a, b, alpha)`` for ``points`` evenly spaced alphas in [0, 1].
 
     ``a`` and ``b`` are ``rewind.snapshot``s of ``model`` (every variable but the masks);
-    the model's own state is put back afterwards. ``test_data``: ``(x, y)`` arrays or a
-    batched ``tf.data.Dataset``.
+    the model's own state is put back afterwards. ``test_data``: ``(x, y)`` arrays, a
+    batched ``tf.data.Dataset``, or an ``Evaluator`` of them (reused, so its compiled
+    function is too; ``loss`` and ``batch_size`` are then its own).
     """
     if points < 2:
         raise ValueError(f"points must be >= 2 (the two ends), got {points}")
     loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    evaluate = Evaluator(test_data, loss, batch_size)
+    evaluate = (test_data if isinstance(test_data, Evaluator)
+                else Evaluator(test_data, loss, batch_size))
     saved = snapshot(model)
     alphas = [float(x) for x in np.linspace(0.0, 1.0, points)]
     errors, losses = [], []
@@ -172,7 +174,7 @@ def instability(model_fn: Callable, rewind_step: Step, train_data, test_data,
              data_seed)
         ends.append(snapshot(model))
         end_errors.append(1.0 - evaluate(model)["accuracy"])
-    path = linear_path(model, ends[0], ends[1], test_data, points, loss)
+    path = linear_path(model, ends[0], ends[1], evaluate, points)
     return Instability(str(rewind_step), k, path, end_errors)
 
 
@@ -183,10 +185,12 @@ def instability_sweep(rewind_steps: Sequence[Step], **kwargs) -> List[Instabilit
 
 
 def plot_instability(curves: Mapping[str, Sequence[Instability]], path: str,
-                     title: str = "Instability analysis") -> None:
+                     title: str = "Instability analysis", ymax: Optional[float] = None) -> None:
     """Error barrier (percentage points) against rewind iteration k, one line per entry
     of ``curves`` (label -> sweep, e.g. ``{"dense": ..., "ticket 20%": ...}``), on a
-    symlog x axis (k = 0 included). Written atomically as PNG."""
+    symlog x axis (k = 0 included); ``ymax`` (percentage points) fixes the y range from 0
+    so that barriers of a test image or two do not fill the figure. Written atomically
+    as PNG."""
     from matplotlib.figure import Figure
 
     from tf_lottery.plots import _save_figure
@@ -199,6 +203,8 @@ def plot_instability(curves: Mapping[str, Sequence[Instability]], path: str,
     axes.set_xscale("symlog", linthresh=1)
     axes.set_xlabel("rewind iteration k (symlog)")
     axes.set_ylabel("test error barrier (percentage points)")
+    if ymax is not None:
+        axes.set_ylim(0.0, float(ymax))
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
@@ -213,19 +219,13 @@ def plot_instability_levels(rows: Sequence[Mapping], path: str,
     ``barrier``. Written atomically as PNG."""
     from matplotlib.figure import Figure
 
-    from tf_lottery.plots import _save_figure
+    from tf_lottery.plots import _save_figure, remaining_axis
 
     figure = Figure(figsize=(6.4, 4.2), dpi=120)
     axes = figure.add_subplot(1, 1, 1)
     points = sorted(((100 * r["remaining"], 100 * r["barrier"]) for r in rows), reverse=True)
     axes.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-    axes.set_xscale("log")
-    axes.invert_xaxis()
-    ticks = [t for t in (100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8, 0.9, 0.5)
-             if t >= min(p[0] for p in points) * 0.9]
-    axes.set_xticks(ticks)
-    axes.set_xticklabels([f"{t:g}" for t in ticks])
-    axes.set_xlabel("percent of prunable weights remaining (log scale)")
+    remaining_axis(axes, min(p[0] for p in points))
     axes.set_ylabel("test error barrier (percentage points)")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
