@@ -30,7 +30,8 @@ from typing import Dict, List, Mapping, Optional
 import gin
 import numpy as np
 
-from tf_lottery._io import atomic_write, gfile, is_local, move_aside, read_bytes, write_text
+from tf_lottery._io import (atomic_write, gfile, is_local, local_copy, move_aside, read_bytes,
+                            write_text)
 
 log = logging.getLogger("tf_lottery")
 
@@ -72,8 +73,27 @@ def read_arrays(path: str) -> Dict[str, np.ndarray]:
 
 
 def save_weights(model, path: str) -> None:
-    """``model.save_weights`` to an .h5 file, atomically."""
-    atomic_write(path, model.save_weights)
+    """``model.save_weights`` to an .h5 file, atomically (a Keras 3 model writes Keras 3's
+    ``.weights.h5`` format under the same name)."""
+    from tf_lottery.dispatch import is_keras3, live
+
+    if is_keras3(live(model)):
+        from tf_lottery.keras3.files import save_weights as save_keras3
+        atomic_write(path, lambda tmp: save_keras3(model, tmp))
+    else:
+        atomic_write(path, model.save_weights)
+
+
+def load_weights(model, path: str) -> None:
+    """Loads weights written by ``save_weights`` (local or remote ``path``) into ``model``."""
+    from tf_lottery.dispatch import is_keras3
+
+    if is_keras3(model):
+        from tf_lottery.keras3.files import load_weights as load_keras3
+        load_keras3(model, path)
+        return
+    with local_copy(path) as local:
+        model.load_weights(local)
 
 
 def save_model(model, path: str) -> None:
