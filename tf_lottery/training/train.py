@@ -46,7 +46,7 @@ from tf_lottery import _io
 from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.lottery import results
 from tf_lottery.lottery.imp import IterativeMagnitudePruning
-from tf_lottery.training import datasets
+from tf_lottery.training import datasets, flavour
 
 log = logging.getLogger("tf_lottery")
 
@@ -126,10 +126,12 @@ def _worker_dir(output_dir: str, strategy) -> Optional[str]:
 @gin.configurable
 def make_optimizer(name: str = "adam", learning_rate=1e-3, momentum: float = 0.0,
                    nesterov: bool = False, weight_decay: Optional[float] = None):
-    """A fresh tf_keras optimizer: ``"adam"``, ``"sgd"`` (momentum, nesterov) or ``"adamw"``.
+    """A fresh optimizer: ``"adam"``, ``"sgd"`` (momentum, nesterov) or ``"adamw"``, of
+    the Keras ``train.keras`` selects (``tf_lottery.training.flavour``).
 
     ``learning_rate`` is a float or a schedule (``@WarmupStepDecay()`` in gin).
     """
+    keras = flavour.keras_module()
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adamw":
@@ -453,7 +455,7 @@ MAX_STEPS_ENV = "TF_LOTTERY_MAX_STEPS"
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
           tpu: Optional[str] = None, overwrite: bool = False, max_steps: Optional[int] = None,
           export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0,
-          verbose: Optional[int] = None):
+          verbose: Optional[int] = None, keras: int = 2, backend: Optional[str] = None):
     """Runs the gin-selected ``experiment`` under ``strategy``; returns its result.
 
     Args:
@@ -471,7 +473,21 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         split (``tfds.testing.mock_data``): for smoke tests without the data.
       verbose: if not None, the experiment's verbosity (``IterativeMagnitudePruning.verbose``,
         ``sparse_training.verbose``), which is not part of the run's identity.
+      keras: 2 builds the model and optimizer with tf_keras, 3 with Keras 3
+        (``tf_lottery.training.flavour``).
+      backend: Keras 3's backend (``"tensorflow"``, ``"jax"``, ``"torch"``; implies
+        ``keras = 3``); it must be the one Keras 3 loads with in this process
+        (``KERAS_BACKEND``; ``tf-lottery train --backend`` takes care of that).
     """
+    keras = flavour.check_keras(keras)
+    if backend is not None:
+        flavour.select_backend(backend)
+        keras = 3
+    if keras == 3 and strategy != "default" and (
+            strategy == "tpu" or flavour.loaded_backend() != "tensorflow"):
+        raise ValueError(f"strategy {strategy!r} is not available for Keras 3 on the "
+                         f"{backend or flavour.loaded_backend()} backend: use "
+                         "--strategy=default, or the tensorflow backend")
     if not max_steps and os.environ.get(MAX_STEPS_ENV):
         max_steps = int(os.environ[MAX_STEPS_ENV])
     dist = make_strategy(strategy, tpu)
@@ -485,7 +501,7 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         if value is not None and value is not False and _accepts(experiment, name):
             kwargs[name] = value
     try:
-        with dist.scope():
+        with dist.scope(), flavour.use(keras):
             if mock_data:
                 import tensorflow_datasets as tfds
                 with tfds.testing.mock_data(num_examples=int(mock_data)):
