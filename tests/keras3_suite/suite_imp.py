@@ -54,7 +54,7 @@ def level_masks(folder, level):
 
 
 def test_imp_exact_counts_zeros_rewind_and_controls(data, tmp_path):
-    """Two pruning levels, rewinding to iteration 2, both controls: per-level counts are
+    """Level 0 and one pruning level, rewinding to iteration 2, both controls: counts are
     exact, pruned weights are 0, every kind restarts its kept weights at its start value."""
     starts = []
     original = IterativeMagnitudePruning._train
@@ -65,15 +65,14 @@ def test_imp_exact_counts_zeros_rewind_and_controls(data, tmp_path):
 
     IterativeMagnitudePruning._train = spy
     try:
-        imp, rows = run(data, tmp_path, fraction=0.2, output_fraction=0.1, rewind_step="2it",
-                        controls=("reinit", "random_mask"))
+        imp, rows = run(data, tmp_path, levels=2, fraction=0.2, output_fraction=0.1,
+                        rewind_step="2it", controls=("reinit", "random_mask"))
     finally:
         IterativeMagnitudePruning._train = original
     assert [(r["level"], r["kind"]) for r in rows] == [
-        (0, "ticket"), (1, "ticket"), (1, "reinit"), (1, "random_mask"),
-        (2, "ticket"), (2, "reinit"), (2, "random_mask")]
+        (0, "ticket"), (1, "ticket"), (1, "reinit"), (1, "random_mask")]
     previous = {k: np.ones(n) for k, n in SIZES.items()}
-    for level in range(3):
+    for level in range(2):
         masks = level_masks(imp.output_dir, level)
         assert list(masks) == list(SIZES)
         for key, mask in masks.items():
@@ -84,7 +83,7 @@ def test_imp_exact_counts_zeros_rewind_and_controls(data, tmp_path):
         previous = masks
     # the trained ticket holds exact zeros where pruned (the saved weights, reloaded)
     model = tfl.sparsify(mlp(), 0.0)
-    results.load_weights(model, os.path.join(imp.output_dir, "level_2", "weights.h5"))
+    results.load_weights(model, os.path.join(imp.output_dir, "level_1", "weights.h5"))
     for layer in tfl.masked_layers(model):
         for (weight, mask) in layer.masked_weights:
             assert not np.any(_np(weight)[_np(mask) == 0])
@@ -105,21 +104,17 @@ def test_imp_exact_counts_zeros_rewind_and_controls(data, tmp_path):
     ticket = level_masks(imp.output_dir, 1)
     reinit = tfl.get_masks(imp._control_models["reinit"][0])
     random = tfl.get_masks(imp._control_models["random_mask"][0])
-    for key in SIZES:  # after level 2: same counts as the ticket, random positions
-        t2 = level_masks(imp.output_dir, 2)[key]
-        np.testing.assert_array_equal(reinit[key], t2)
-        assert int(random[key].sum()) == int(t2.sum()) and not np.array_equal(random[key], t2)
-    assert not np.array_equal(ticket["fc/kernel"], level_masks(imp.output_dir, 2)["fc/kernel"])
+    for key in SIZES:  # the ticket's masks; the ticket's counts at random positions
+        np.testing.assert_array_equal(reinit[key], ticket[key])
+        assert int(random[key].sum()) == int(ticket[key].sum())
+        assert not np.array_equal(random[key], ticket[key])
     assert all(0 < r["test_accuracy"] <= 1 for r in rows)
 
 
-def test_resume_skips_finished_levels_and_reproduces_the_run(data, tmp_path):
+def test_resume_skips_finished_levels(data, tmp_path):
     class Interrupt(keras.callbacks.Callback):
-        calls = 0
-
         def on_train_begin(self, logs=None):
-            Interrupt.calls += 1
-            if Interrupt.calls == 3:  # level 0, level 1 ticket, level 2 ticket
+            if fits:  # level 1
                 raise KeyboardInterrupt
 
     fits = []
@@ -128,22 +123,23 @@ def test_resume_skips_finished_levels_and_reproduces_the_run(data, tmp_path):
         def on_train_begin(self, logs=None):
             fits.append(1)
 
-    kw = dict(levels=3, rewind_step="2it")
-    _, full_rows = run(data, tmp_path, "full", **kw)
+    kw = dict(levels=2, rewind_step="2it")
     with pytest.raises(KeyboardInterrupt):
-        run(data, tmp_path, "resumed", callbacks=[Interrupt()], **kw)
-    folder = str(tmp_path / "resumed")
-    assert os.path.exists(os.path.join(folder, "level_1", "metrics.json"))
-    assert not os.path.exists(os.path.join(folder, "level_2", "metrics.json"))
-    _, rows = run(data, tmp_path, "resumed", callbacks=[Count()], **kw)
-    assert len(fits) == 1  # only level 2 trains again
-    for a, b in zip(rows, full_rows):
-        assert (a["level"], a["kind"], a["remaining"]) == (b["level"], b["kind"], b["remaining"])
-    for level in range(3):
-        for key, mask in level_masks(str(tmp_path / "full"), level).items():
-            np.testing.assert_array_equal(mask, level_masks(folder, level)[key])
-    run(data, tmp_path, "resumed", callbacks=[Count()], **kw)
-    assert len(fits) == 1  # a finished run trains nothing
+        run(data, tmp_path, callbacks=[Interrupt(), Count()], **kw)
+    folder = str(tmp_path / "run")
+    assert os.path.exists(os.path.join(folder, "level_0", "metrics.json"))
+    assert not os.path.exists(os.path.join(folder, "level_1", "metrics.json"))
+    saved = {n: open(os.path.join(folder, "level_0", n), "rb").read()
+             for n in ("masks.npz", "weights.h5", "metrics.json")}
+    _, rows = run(data, tmp_path, callbacks=[Count()], **kw)
+    assert len(fits) == 3  # level 0, the interrupted level 1, level 1 again
+    assert [(r["level"], r["kind"]) for r in rows] == [(0, "ticket"), (1, "ticket")]
+    for name, content in saved.items():
+        assert open(os.path.join(folder, "level_0", name), "rb").read() == content, name
+    masks = level_masks(folder, 1)
+    assert int(masks["fc/kernel"].sum()) == 64 * 24 - count_zeros(64 * 24, 0.2)
+    run(data, tmp_path, callbacks=[Count()], **kw)
+    assert len(fits) == 3  # a finished run trains nothing
 
 
 def test_rewind_restores_theta_k_and_resets_the_optimizer():
@@ -220,7 +216,7 @@ def test_binary_flags_in_process(tmp_path, capsys):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     gin_file = os.path.join(root, "gin_configs", "digits_lenet300100_imp.gin")
     argv = ["tf-lottery train", f"--gin_file={gin_file}", "--gin_param=train.max_steps = 2",
-            f"--output_dir={tmp_path / 'run'}", "--keras=3", f"--backend={BACKEND}"]
+            "--gin_param=IterativeMagnitudePruning.controls = ()", f"--output_dir={tmp_path / 'run'}", "--keras=3", f"--backend={BACKEND}"]
     try:
         with pytest.raises(SystemExit) as done:
             cli.run("train", argv)
