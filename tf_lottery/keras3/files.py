@@ -33,3 +33,22 @@ def load_weights(model, path: str) -> None:
         else:
             gfile.copy(path, named, overwrite=True)
         model.load_weights(named)
+
+
+def save_model(model, path: str) -> None:
+    """``model.save`` in Keras 3's ``.keras`` format into the local file ``path``."""
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_", dir=os.path.dirname(path) or None) \
+            as folder:
+        named = os.path.join(folder, "model.keras")
+        model.save(named)
+        os.replace(named, path)
+
+
+def load_model(path: str):
+    """A model saved by ``save_model`` (local or remote ``path``), uncompiled."""
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_") as folder:
+        named = os.path.join(folder, "model.keras")
+        gfile.copy(path, named, overwrite=True)
+        return keras.saving.load_model(named, compile=False)

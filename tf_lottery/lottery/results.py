@@ -98,7 +98,15 @@ def load_weights(model, path: str) -> None:
 
 def save_model(model, path: str) -> None:
     """``model.save`` to an .h5 file, atomically (h5 on purpose: one file, loads with
-    ``tfl.custom_object_scope``; tf_keras' notice that h5 is legacy is not shown)."""
+    ``tfl.custom_object_scope``; tf_keras' notice that h5 is legacy is not shown). A Keras 3
+    model is written in the ``.keras`` format (``tf_lottery.keras3.files.load_model``)."""
+    from tf_lottery.dispatch import is_keras3
+
+    if is_keras3(model):  # Keras 3's .keras format (zip) under the same name
+        from tf_lottery.keras3.files import save_model as save_keras3
+        atomic_write(path, lambda tmp: save_keras3(model, tmp))
+        return
+
     def save(tmp):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")

@@ -216,7 +216,7 @@ def _take(dataset, steps: int):
 def checksums(model) -> dict:
     """Short sha256 digests of a model's masks (if any) and of all its weights: equal
     digests on every worker show that replicas hold the same model."""
-    from tf_lottery.masking.api import get_masks, masked_layers
+    from tf_lottery.dispatch import get_masks, masked_layers
 
     out = {"weights": results.digest(model.get_weights())}
     if masked_layers(model):
@@ -357,19 +357,23 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     masked model; ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse
     runs, ``layer_sparsity.png``.
     """
-    from tf_lottery.masking.api import custom_object_scope, sparsify, sparsity_report
+    from tf_lottery.dispatch import (is_keras3, keras_of, set_random_seed, sparsify,
+                                     sparsity_report)
+    from tf_lottery.masking.api import custom_object_scope
 
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     method = _method(updater, sparsity)
     config = {"gin": gin.config_str(), "max_steps": max_steps}
     # Everything that can be misconfigured is built before the folder is touched.
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
+    keras = keras_of(net)  # tf_keras, or Keras 3 under train.keras = 3
     train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
     if sparsity or updater is not None:
-        batch = next(iter(train_ds)) if mask_init in ("snip", "grasp") else None
+        scored = mask_init in ("snip", "grasp")
+        batch = {"data": next(iter(train_ds))} if scored else {}
         net = sparsify(net, sparsity, distribution, mask_init=mask_init, seed=seed,
-                       dense_layers=dense_layers, data=batch)
+                       dense_layers=dense_layers, **batch)
     fresh_optimizer = optimizer()
     test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
     val_ds = (test_ds if loaded.validation is None
@@ -394,7 +398,10 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     if _io.gfile.exists(folder.file("metrics.json")):
         log.info("%s: this run is finished", output_dir)
         metrics = results.read_json(folder.file("metrics.json"))
-        if export:
+        if export and is_keras3(net):
+            from tf_lottery.keras3.files import load_model
+            net = load_model(folder.file("model.h5"))
+        elif export:
             with custom_object_scope(), _io.local_copy(folder.file("model.h5")) as h5:
                 net = keras.models.load_model(h5, compile=False)
             _export(net, os.path.join(output_dir, "export"),
