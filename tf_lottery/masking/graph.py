@@ -56,7 +56,8 @@ def output_layers(model, is_prunable: Callable) -> List:
     """The layers for which ``is_prunable(layer)`` holds that are nearest to each output.
 
     Args:
-      model: a built tf_keras or Keras 3 model (functional or Sequential; nested models are followed).
+      model: a built tf_keras or Keras 3 model (functional or Sequential; nested models are
+        followed).
       is_prunable: ``layer -> bool``, e.g. "has a weight tf-lottery masks".
 
     Returns:
