@@ -41,3 +41,34 @@ def test_binary_backend_flag_is_set_before_keras_loads():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "backend jax" in done.stdout
+
+
+def test_keras3_digits_table_is_the_one_its_runs_produced():
+    """The README's Keras 3 digits table is what tools/keras3_digits_table.py makes from the
+    kept summaries, and the runs show the result: tickets hold the dense accuracy to about 2%
+    of the weights on both backends while the reinit control falls away."""
+    import importlib.util
+    import json
+    import re
+
+    spec = importlib.util.spec_from_file_location(
+        "keras3_digits_table", ROOT / "tools" / "keras3_digits_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    runs = {}
+    for name in tool.LABELS:
+        path = ROOT / "docs" / "keras3" / f"digits_imp_{name}.json"
+        if path.exists():
+            runs[name] = json.loads(path.read_text(encoding="utf-8"))
+    assert {"keras3_tensorflow", "keras3_jax"} <= set(runs)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"<!-- keras3-digits:begin -->\n(.*?)\n<!-- keras3-digits:end -->",
+                        readme, re.S).group(1)
+    assert section == tool.table(runs)
+    for name in ("keras3_tensorflow", "keras3_jax"):
+        rows = {(r["level"], r["kind"]): r for r in runs[name]["rows"]}
+        last = max(level for level, _ in rows)
+        assert rows[(last, "ticket")]["remaining"] < 0.025
+        dense = rows[(0, "ticket")]["test_accuracy"]
+        assert rows[(last, "ticket")]["test_accuracy"] > dense - 0.015
+        assert rows[(last, "reinit")]["test_accuracy"] < rows[(last, "ticket")]["test_accuracy"]

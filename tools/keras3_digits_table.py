@@ -99,7 +99,9 @@ def main(argv=None) -> None:
     parser.add_argument("--keep_summaries", help="copy each summary.json here as NAME.json")
     args = parser.parse_args(argv)
     runs = {}
-    for item in args.runs:
+    items = sorted(args.runs, key=lambda i: list(LABELS).index(i.partition("=")[0])
+                   if i.partition("=")[0] in LABELS else len(LABELS))
+    for item in items:
         name, _, path = item.partition("=")
         if not path:
             parser.error(f"{item!r}: give NAME=RUN_DIR")
