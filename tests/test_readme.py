@@ -105,7 +105,7 @@ def test_every_block_runs_as_written(tmp_path, monkeypatch):
                 assert lines[2].startswith("tf-lottery result: ") and len(lines) == 3
                 assert done.stderr == ""
         ran.append(lang)
-    assert ran.count("python") == 7 and ran.count("sh") == 3, ran
+    assert ran.count("python") == 7 and ran.count("sh") == 4, ran
     assert (work / "runs" / "digits_imp" / "level_1" / "weights_reinit.h5").is_file()
     assert (work / "runs" / "digits_imp" / "export" / "level_1_reinit" / "saved_model").is_dir()
     assert scope["report"]["verification"] is not None

@@ -15,9 +15,10 @@ tf_keras (tfmot then takes tf_keras as its Keras, as it would anyway), and after
 import os
 import sys
 
-from tf_lottery import _quiet
+from tf_lottery import _backend, _quiet
 
 _quiet.install_for_binaries()  # before TensorFlow loads: the binaries' logs stay readable
+_backend.select_for_binaries()  # before TensorFlow loads, which imports Keras 3
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402

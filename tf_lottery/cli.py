@@ -26,6 +26,12 @@ SNFS / static sparse, gradual magnitude pruning; gin_configs/ holds one file per
   tf-lottery train --gin_file=gin_configs/CONFIG.gin [--gin_file=...] [--gin_param='...']
       --output_dir=DIR [--strategy=default|mirrored|multi_worker|tpu] [--tpu=...]
       [--data_dir=...] [--overwrite] [--export] [--mock_data=N]
+      [--keras=2|3] [--backend=tensorflow|jax|torch]
+
+--keras=3 builds the model and optimizer with Keras 3 (keras>=3) instead of tf_keras;
+--backend picks Keras 3's backend (implies --keras=3) and is set before Keras loads (gin:
+train.keras = 3, train.backend = 'jax'; the binary restarts itself to apply a backend that
+only gin names).
 
 --strategy=multi_worker reads the cluster from the TF_CONFIG environment variable (see the
 README, "Multi-worker training"). Smoke run of any config: --gin_param='train.max_steps = 2'
@@ -43,7 +49,8 @@ saved model as a plain SavedModel, dense and sparse TFLite, sparsity.json and a 
 """
 
 TRAIN_FLAGS = ("gin_file", "gin_param", "output_dir", "strategy", "tpu", "data_dir",
-               "overwrite", "export", "mock_data")
+               "overwrite", "export", "mock_data", "keras", "backend")
+REEXEC_ENV = "TF_LOTTERY_REEXEC"
 _DEFINED_HERE = []
 
 
@@ -71,6 +78,10 @@ def _train_flag_definitions():
         "mock_data": lambda: flags.DEFINE_integer(
             "mock_data", 0, "N > 0: TFDS datasets are replaced by N random examples per "
             "split (tfds.testing.mock_data; smoke tests only)"),
+        "keras": lambda: flags.DEFINE_string(
+            "keras", None, "2: tf_keras models (the default), 3: Keras 3 models"),
+        "backend": lambda: flags.DEFINE_string(
+            "backend", None, "Keras 3 backend: tensorflow, jax or torch (implies --keras=3)"),
     }
 
 
@@ -204,6 +215,55 @@ def _readable_logs() -> None:
         handler.addFilter(_quiet.RecordFilter())
 
 
+def _keras_bindings():
+    """gin bindings for --keras/--backend; sets KERAS_BACKEND before Keras 3 loads."""
+    from tf_lottery.training import flavour
+
+    bindings = []
+    if FLAGS.keras is not None:
+        try:
+            version = flavour.check_keras(FLAGS.keras)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        bindings.append(f"train.keras = {version}")
+    if FLAGS.backend is not None:
+        try:
+            flavour.select_backend(FLAGS.backend)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        if FLAGS.keras is not None and str(FLAGS.keras).strip() == "2":
+            raise UserError(f"--backend={FLAGS.backend} selects a Keras 3 backend, but "
+                            "--keras=2 asks for tf_keras: drop --keras=2 or pass --keras=3")
+        bindings += ["train.keras = 3", f"train.backend = '{FLAGS.backend}'"]
+    return bindings
+
+
+def _apply_gin_backend() -> None:
+    """A backend named only in gin (``train.backend``) differing from the one Keras 3
+    loaded with: restart the binary with KERAS_BACKEND set (once), else a one-line error."""
+    import gin
+    from tf_lottery.training import flavour
+
+    try:
+        wanted = gin.query_parameter("train.backend")
+    except ValueError:
+        return
+    if wanted is None or wanted == flavour.loaded_backend():
+        return
+    try:
+        flavour.check_backend(wanted)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    script = sys.argv[0] if sys.argv else ""
+    if os.environ.get(REEXEC_ENV) != "1" and script.endswith((".py", "tf-lottery")) and \
+            os.path.isfile(script):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        env = dict(os.environ, KERAS_BACKEND=wanted, **{REEXEC_ENV: "1"})
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    flavour.select_backend(wanted)  # raises the one-line error with the fix
+
+
 def train_main(argv) -> None:
     """Parses gin (errors name the file and line, before any training) and trains."""
     if len(argv) > 1:
@@ -215,13 +275,14 @@ def train_main(argv) -> None:
     if not FLAGS.gin_file and not FLAGS.gin_param:
         raise UserError("no configuration: give --gin_file=gin_configs/CONFIG.gin (see "
                         "gin_configs/ and the README)")
-    import tf_lottery  # noqa: F401  (registers every configurable)
+    bindings = list(FLAGS.gin_param) + _keras_bindings()
+    import tf_lottery  # noqa: F401  (registers every configurable; loads Keras 3)
     from tf_lottery.training import train as training
 
-    bindings = list(FLAGS.gin_param)
     if FLAGS.mock_data:
         bindings.append(f"train.mock_data = {int(FLAGS.mock_data)}")
     _parse_gin(list(FLAGS.gin_file), bindings)
+    _apply_gin_backend()
     _readable_logs()
     kwargs = {"overwrite": FLAGS.overwrite}
     for name in ("strategy", "tpu", "data_dir", "export"):

@@ -4,8 +4,8 @@ from tf_lottery.keras3.wrapper import MaskedLayer
 
 __all__ = ["MaskedLayer", "PrunableLayer", "is_prunable", "prunable_weights"]
 from tf_lottery.keras3.api import (apply_masks, get_masks, get_weights, masked_layers,  # noqa: E402
-                                   set_masks, sparsify, sparsity_distribution, sparsity_report,
-                                   strip)
+                                   output_keys, set_masks, sparsify, sparsity_distribution,
+                                   sparsity_report, strip)
 
-__all__ += ["apply_masks", "get_masks", "get_weights", "masked_layers", "set_masks", "sparsify",
-            "sparsity_distribution", "sparsity_report", "strip"]
+__all__ += ["apply_masks", "get_masks", "get_weights", "masked_layers", "output_keys",
+            "set_masks", "sparsify", "sparsity_distribution", "sparsity_report", "strip"]

@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import keras
 import numpy as np
 
-from tf_lottery.masking import distributions, plan, selection
+from tf_lottery.masking import distributions, graph, plan, selection
 from tf_lottery.masking.plan import SparsityReport
 from tf_lottery.keras3 import registry, state
 from tf_lottery.keras3.wrapper import MaskedLayer
@@ -159,22 +159,44 @@ def _masked_units(model) -> List[_Unit]:
     return plan.masked(_units(model), model.name)
 
 
+def sync(model) -> None:
+    """Inside a JAX ``fit`` (a callback), writes the training loop's state back into the
+    model's variables, so that reading or writing them sees the current step (and the
+    loop reads the writes back at the next step); a no-op elsewhere."""
+    state_sync = getattr(model, "jax_state_sync", None)
+    if state_sync is not None:
+        state_sync()
+
+
+def output_keys(model) -> List[str]:
+    """Weight keys of the prunable layer(s) producing ``model``'s output(s) (as
+    ``tf_lottery.masking.api.output_keys``)."""
+    units = _units(model)
+    prunable = {id(u.layer) for u in units}
+    found = {id(layer) for layer in graph.output_layers(model, lambda l: id(l) in prunable)}
+    return [u.key for u in units if id(u.layer) in found]
+
+
 def get_masks(model) -> Dict[str, np.ndarray]:
     """Weight key -> mask (float32 0/1 array) of every MaskedLayer in ``model``."""
+    sync(model)
     return {u.key: np.asarray(keras.ops.convert_to_numpy(u.mask.value), dtype=np.float32)
             for u in _masked_units(model)}
 
 
 def _retrace(model) -> None:
-    """Drops compiled functions that baked the masks in (JAX: the masks' constraints)."""
-    if keras.config.backend() != "tensorflow":
-        model.train_function = None
+    """Rebuilds a compiled train function that baked the masks in (JAX: the masks'
+    constraints). Rebuilt rather than dropped: ``fit`` calls ``model.train_function`` at
+    every step, so a mask change from a callback takes effect at the next step."""
+    if keras.config.backend() != "tensorflow" and getattr(model, "train_function", None):
+        model.make_train_function(force=True)
 
 
 def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     """Sets masks by weight key (keys must exist) and keeps the invariant: entries turned
     off or on become 0 in the weights and get their initial optimizer state (the compiled
     optimizer's and ``optimizer``'s, one or a list, EMA copies included)."""
+    sync(model)
     updates = plan.mask_updates(_masked_units(model), masked_layers(model), masks)
     optimizers = state.live_optimizers(model, optimizer)
     for layer, values in updates:  # check every layer's masks before changing any
@@ -186,6 +208,7 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
 
 def apply_masks(model) -> None:
     """Re-zeroes every masked weight of ``model`` (after writing weights directly)."""
+    sync(model)
     for layer in masked_layers(model):
         layer.apply_masks()
 

@@ -95,3 +95,32 @@ def assign_mask(weight, mask, new_mask, slots: Sequence = (), fills: Sequence[fl
         kept = ops.cast(keep, slot.dtype)
         slot.assign(slot.value * kept + ops.cast(fill, slot.dtype) * (1 - kept))
     mask.assign(ops.cast(new, mask.dtype))
+
+
+_EMA = "_model_variables_moving_average"  # where Keras 3 keeps use_ema copies
+
+
+def reset_optimizer(optimizer, iteration: int = 0, variables=None) -> None:
+    """Gives a Keras 3 ``optimizer`` the state a fresh one would have, at ``iteration``.
+
+    Every per-weight slot gets its initial value (0, or Adagrad's / Ftrl's
+    ``initial_accumulator_value``) and each EMA copy the current value of its weight (as
+    ``build`` does), so call it once the weights are in place (after rewinding). The
+    counterpart of ``tf_lottery.masking.state.reset_optimizer``; ``variables`` is accepted
+    for the same signature (a Keras 3 optimizer knows its own weights).
+    """
+    del variables
+    optimizer = unwrap(optimizer)
+    _check_optimizer(optimizer)
+    if optimizer.built:
+        weights = optimizer._trainable_variables
+        for name, slots in _slot_lists(optimizer).items():
+            fill = state_plan.initial_value(optimizer, name)
+            for weight, slot in zip(weights, slots):
+                if slot is None:
+                    continue
+                if name == _EMA:
+                    slot.assign(ops.cast(weight.value, slot.dtype))
+                else:
+                    slot.assign(ops.full(slot.shape, fill, dtype=slot.dtype))
+    optimizer.iterations.assign(iteration)

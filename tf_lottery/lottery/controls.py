@@ -19,10 +19,10 @@ from typing import Dict, List, Mapping
 
 import numpy as np
 
-from tf_lottery._keras import keras, tf
+from tf_lottery._keras import tf
+from tf_lottery.dispatch import apply_masks, get_masks, is_keras3, keras_of, set_masks
 from tf_lottery.lottery.rewind import rewind, snapshot
 from tf_lottery.masking import init_scores, scores, selection
-from tf_lottery.masking.api import apply_masks, get_masks, set_masks
 from tf_lottery.masking.units import units
 
 PAI = ("pai_snip", "pai_grasp", "pai_synflow", "pai_random")
@@ -41,8 +41,9 @@ def _remap(masks: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     return dict(zip(keys, values))
 
 
-def _initialised_weights(layer):
-    """``(variable, initializer)`` of every weight ``layer`` draws from an initializer:
+def _initialised_weights(layer, k):
+    """``(variable, initializer)`` of every weight ``layer`` (of Keras module ``k``) draws
+    from an initializer:
     an ``<x>_initializer`` attribute names the weight ``<x>``, ``<x>_kernel`` (recurrent,
     depthwise, pointwise) or ``<x>s`` (embeddings)."""
     for attr, initializer in list(vars(layer).items()):
@@ -51,10 +52,10 @@ def _initialised_weights(layer):
         base = attr[:-len("_initializer")].lstrip("_")
         for name in (base, base + "_kernel", base + "s"):
             variable = getattr(layer, name, None)
-            if isinstance(variable, tf.Variable):
+            if isinstance(variable, (tf.Variable, getattr(k, "Variable", tf.Variable))):
                 if name == "bias" and getattr(layer, "unit_forget_bias", False):
                     break  # drawn by a function the cell builds itself; fixed, not random
-                yield variable, keras.initializers.get(initializer)
+                yield variable, k.initializers.get(initializer)
                 break
 
 
@@ -66,9 +67,11 @@ def reinitialise(model, seed: int) -> None:
     position, so the draw differs from the model's own initialisation even when
     ``model_fn`` pins a seed. Masked entries stay 0.
     """
+    k = keras_of(model)
+    # neither Keras has a public "every sublayer" walk; both keep _flatten_layers
     layers = [sub for layer in model.layers for sub in layer._flatten_layers()]
     for index, layer in enumerate(layers):
-        for variable, initializer in _initialised_weights(layer):
+        for variable, initializer in _initialised_weights(layer, k):
             config = initializer.get_config()
             if "seed" in config:
                 config["seed"] = seed * 1009 + index
@@ -115,6 +118,9 @@ def pai_masks(runner, kind: str, level: int, masks: Mapping[str, np.ndarray], co
         rng = np.random.default_rng([runner.seed, level, 6])
         return scores.masks_from_scores({k: rng.random(m.shape) for k, m in masks.items()},
                                         **common)
+    if is_keras3(control):
+        raise ValueError(f"the {kind} control scores tf_keras models only for now; on a Keras 3 "
+                         "model use controls reinit, random_mask or pai_random")
     set_masks(control, {k: np.ones_like(m) for k, m in masks.items()})
     rewind(control, start)
     method = kind[len("pai_"):]

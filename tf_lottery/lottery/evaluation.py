@@ -16,6 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from tf_lottery._keras import keras, tf
+from tf_lottery.dispatch import is_keras3, live
 
 _MAX_BATCH = 8192
 
@@ -44,6 +45,9 @@ class Evaluator:
 
     def _function(self, model):
         key = id(model)
+        if key not in self._functions and is_keras3(model):
+            from tf_lottery.keras3.evaluation import batch_sums as keras3_sums
+            self._functions[key] = (model, keras3_sums(model, self.loss))
         if key not in self._functions:
             loss = self.loss
 
@@ -137,7 +141,7 @@ class ValidationCurve(keras.callbacks.Callback):
             self._pace()
 
     def _validate(self):
-        scores = self.evaluator(self.model)
+        scores = self.evaluator(live(self.model))
         point = {"iteration": int(self.model.optimizer.iterations.numpy()),
                  "val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
         self.curve.append(point)

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tf_lottery._io import gfile, local_copy
+from tf_lottery._io import gfile
 from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import controls as controls_
 from tf_lottery.lottery import results
@@ -33,10 +33,11 @@ from tf_lottery.lottery.controls import CONTROLS, reinitialise  # noqa: F401  (p
 from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind
+from tf_lottery.dispatch import (build_optimizer, get_masks, get_weights, is_keras3, keras_of,
+                                 output_keys, reset_optimizer, set_masks, set_random_seed,
+                                 sparsify)
 from tf_lottery.masking import selection
-from tf_lottery.masking.state import build_optimizer, reset_optimizer
-from tf_lottery.masking.api import (check_masks_agree, get_masks, get_weights,
-                                    output_keys, set_masks, sparsify)
+from tf_lottery.masking.api import check_masks_agree
 
 log = logging.getLogger("tf_lottery")
 
@@ -85,12 +86,15 @@ class IterativeMagnitudePruning:
     """Finds lottery tickets (or runs a pruning baseline) over ``levels`` levels.
 
     Args:
-      model_fn: builds a fresh, built, uncompiled tf_keras model (Sequential or
-        functional). Called once for the main line and once per control.
+      model_fn: builds a fresh, built, uncompiled tf_keras or Keras 3 model (Sequential
+        or functional; Keras 3 on the TensorFlow or JAX backend). Called once for the
+        main line and once per control. ``optimizer_fn`` and ``loss`` must be of the
+        same Keras.
       train_data, test_data: ``(x, y)`` numpy arrays or batched ``tf.data.Dataset``s.
       optimizer_fn: builds a fresh optimizer (one per level and kind: the optimizer
         state is reset at every rewind).
-      loss, metrics: passed to ``compile``; an "accuracy" metric is required.
+      loss, metrics: passed to ``compile``; an "accuracy" metric is required. The default
+        loss is the model's Keras' ``SparseCategoricalCrossentropy(from_logits=True)``.
       epochs: training length T of one level, in epochs of ``train_data``.
       batch_size: for numpy data.
       steps_per_epoch: for datasets of unknown length.
@@ -172,9 +176,8 @@ class IterativeMagnitudePruning:
             raise ValueError(f"eval_every must be >= 1 iteration, got {eval_every}")
         self.validation_data, self.eval_every = validation_data, int(eval_every)
         self.validation_note = validation_note
-        self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self._evaluator = (None if validation_data is None
-                           else Evaluator(validation_data, self.loss))
+        self.loss = loss  # None: the model's Keras' default, set in run()
+        self._evaluator = None
         self._test_evaluator = None
         self.metrics = list(metrics)
         self.epochs, self.batch_size = int(epochs), batch_size
@@ -227,13 +230,14 @@ class IterativeMagnitudePruning:
 
     def _seed(self, level: int, kind: str) -> None:
         offset = {"ticket": 0, "finetune": 0, "lr_rewind": 0, **controls_.SEED_OFFSETS}
-        keras.utils.set_random_seed(self.seed * 100003 + level * 10 + offset[kind])
+        set_random_seed(self.seed * 100003 + level * 10 + offset[kind])
 
     def _build(self, seed_kind: str = "ticket", level: int = 0):
         self._seed(level, seed_kind)
         model = self.model_fn()
-        if not isinstance(model, keras.Model):
-            raise TypeError(f"model_fn must return a tf_keras Model, got {type(model)}")
+        if not (isinstance(model, keras.Model) or is_keras3(model)):
+            raise TypeError(f"model_fn must return a tf_keras or Keras 3 Model, got "
+                            f"{type(model)}")
         return sparsify(model, 0.0)
 
     def _fractions(self, model):
@@ -362,9 +366,16 @@ class IterativeMagnitudePruning:
         """Everything a level needs that could be wrong, checked before anything is written:
         the optimizer builds, per-layer fractions name real layers."""
         optimizer = self.optimizer_fn()
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"optimizer_fn must return a tf_keras optimizer, got "
+        k = keras_of(model)
+        if not isinstance(optimizer, k.optimizers.Optimizer):
+            flavour = "Keras 3" if is_keras3(model) else "tf_keras"
+            raise TypeError(f"optimizer_fn must return a {flavour} optimizer for this "
+                            f"{flavour} model, got {type(optimizer).__module__}."
                             f"{type(optimizer).__name__}")
+        if self.loss is None:
+            self.loss = k.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if self._evaluator is None and self.validation_data is not None:
+            self._evaluator = Evaluator(self.validation_data, self.loss)
         self._fractions(model)
 
     def run(self) -> List[dict]:
@@ -403,8 +414,7 @@ class IterativeMagnitudePruning:
         rows = folder.rows(start_level) if folder is not None else []
         if start_level > 0:
             self._theta_k = results.read_arrays(folder.file("rewind_point.npz"))
-            with local_copy(folder.level(start_level - 1, "weights.h5")) as weights:
-                model.load_weights(weights)
+            results.load_weights(model, folder.level(start_level - 1, "weights.h5"))
         self._progress = LevelProgress(self.levels, start_level, self.verbose)
         for level in range(start_level, self.levels):
             rows += self._level(level, model, folder)
@@ -428,7 +438,8 @@ class IterativeMagnitudePruning:
             else:
                 start = self.total if self.mode == "finetune" else self.k
             set_masks(model, masks)
-            if model.distribute_strategy.num_replicas_in_sync > 1:
+            strategy = getattr(model, "distribute_strategy", None)  # none on Keras 3 + JAX
+            if strategy is not None and strategy.num_replicas_in_sync > 1:
                 check_masks_agree(model)  # pruned from each worker's copy of the weights
         prep_seconds = time.perf_counter() - t_level
         row = self._train(model, start, level, self.mode, extra,

@@ -33,7 +33,8 @@ from typing import Dict, List, Mapping, Optional
 import gin
 import numpy as np
 
-from tf_lottery._io import atomic_write, gfile, is_local, move_aside, read_bytes, write_text
+from tf_lottery._io import (atomic_write, gfile, is_local, local_copy, move_aside, read_bytes,
+                            write_text)
 
 log = logging.getLogger("tf_lottery")
 
@@ -75,13 +76,40 @@ def read_arrays(path: str) -> Dict[str, np.ndarray]:
 
 
 def save_weights(model, path: str) -> None:
-    """``model.save_weights`` to an .h5 file, atomically."""
-    atomic_write(path, model.save_weights)
+    """``model.save_weights`` to an .h5 file, atomically (a Keras 3 model writes Keras 3's
+    ``.weights.h5`` format under the same name)."""
+    from tf_lottery.dispatch import is_keras3, live
+
+    if is_keras3(live(model)):
+        from tf_lottery.keras3.files import save_weights as save_keras3
+        atomic_write(path, lambda tmp: save_keras3(model, tmp))
+    else:
+        atomic_write(path, model.save_weights)
+
+
+def load_weights(model, path: str) -> None:
+    """Loads weights written by ``save_weights`` (local or remote ``path``) into ``model``."""
+    from tf_lottery.dispatch import is_keras3
+
+    if is_keras3(model):
+        from tf_lottery.keras3.files import load_weights as load_keras3
+        load_keras3(model, path)
+        return
+    with local_copy(path) as local:
+        model.load_weights(local)
 
 
 def save_model(model, path: str) -> None:
     """``model.save`` to an .h5 file, atomically (h5 on purpose: one file, loads with
-    ``tfl.custom_object_scope``; tf_keras' notice that h5 is legacy is not shown)."""
+    ``tfl.custom_object_scope``; tf_keras' notice that h5 is legacy is not shown). A Keras 3
+    model is written in the ``.keras`` format (``tf_lottery.keras3.files.load_model``)."""
+    from tf_lottery.dispatch import is_keras3
+
+    if is_keras3(model):  # Keras 3's .keras format (zip) under the same name
+        from tf_lottery.keras3.files import save_model as save_keras3
+        atomic_write(path, lambda tmp: save_keras3(model, tmp))
+        return
+
     def save(tmp):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")

@@ -5,7 +5,8 @@ the masks, so kernels, biases and BatchNormalization's gamma/beta *and* moving
 mean/variance all return to iteration k. The masks are kept, and masked entries are
 zeroed again after the restore. The optimizer's state (slots such as momentum and
 Adam moments) is reset to zero and its iteration counter set to k, so a learning
-rate schedule replays from the rewind point.
+rate schedule replays from the rewind point. Works on tf_keras and Keras 3 models
+(TensorFlow and JAX backends; on JAX a snapshot inside ``fit`` reads the current step).
 """
 import re
 from typing import Dict, List, Optional, Union
@@ -14,7 +15,7 @@ import gin
 import numpy as np
 
 from tf_lottery._keras import keras
-from tf_lottery.masking.api import masked_layers
+from tf_lottery.dispatch import is_keras3, live, masked_layers
 from tf_lottery.masking.state import reset_optimizer
 
 Step = Union[int, str]
@@ -48,6 +49,7 @@ def _state_variables(model) -> List:
 def snapshot(model) -> Dict[str, np.ndarray]:
     """Values of every non-mask variable of ``model``, keyed by position ("0007:name");
     masked entries are re-zeroed first."""
+    live(model)
     for layer in masked_layers(model):
         layer.apply_masks()
     return {f"{i:04d}:{v.name}": v.numpy() for i, v in enumerate(_state_variables(model))}
@@ -64,7 +66,7 @@ def rewind(model, values: Dict[str, np.ndarray], optimizer=None, iteration: int 
         Without it the live optimizer keeps its state; masked entries stay 0 either way.
       iteration: the iteration the snapshot was taken at.
     """
-    variables = _state_variables(model)
+    variables = _state_variables(live(model))
     if len(values) != len(variables):
         raise ValueError(f"snapshot has {len(values)} variables, the model has "
                          f"{len(variables)}: it was taken from a different architecture")
@@ -76,7 +78,11 @@ def rewind(model, values: Dict[str, np.ndarray], optimizer=None, iteration: int 
     for layer in masked_layers(model):
         layer.apply_masks()
     if optimizer is not None:
-        reset_optimizer(optimizer, iteration, model.trainable_variables)
+        if is_keras3(model):
+            from tf_lottery.keras3.state import reset_optimizer as reset_keras3
+            reset_keras3(optimizer, iteration, model.trainable_variables)
+        else:
+            reset_optimizer(optimizer, iteration, model.trainable_variables)
 
 
 @gin.configurable
@@ -107,15 +113,14 @@ class RewindCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._target = parse_step(self.step, (self.params or {}).get("steps"))
-        current = int(self.model.optimizer.iterations.numpy())
-        if self.values is None and self._target <= current:
-            self._take(current)
+        self._current = int(live(self.model).optimizer.iterations.numpy())
+        if self.values is None and self._target <= self._current:
+            self._take(self._current)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.values is None:
-            current = int(self.model.optimizer.iterations.numpy())
-            if current >= self._target:
-                self._take(current)
+        self._current += 1  # one optimizer step per batch (read without a JAX state sync)
+        if self.values is None and self._current >= self._target:
+            self._take(self._current)
 
     def rewind(self, model=None, optimizer=None) -> None:
         """Rewinds ``model`` (default: the trained one) to the snapshot, keeping masks."""

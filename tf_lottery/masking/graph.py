@@ -3,14 +3,31 @@
 IMP prunes "the output layer" at its own rate (Frankle & Carbin 2019); in a functional
 model that is the prunable layer nearest each output, past any Activation, Softmax,
 Dropout, Reshape or nested model in between, not the last layer in ``model.layers``.
+Works on tf_keras and Keras 3 models (their symbolic tensors differ only in names:
+``history.layer`` / ``history.operation``, ``node.keras_inputs`` / ``node.input_tensors``).
 """
+import sys
 from typing import Callable, List
 
 from tf_lottery._keras import keras
 
 
+def _model_classes():
+    classes = [keras.Model]
+    keras3 = sys.modules.get("keras")
+    if keras3 is not None and str(getattr(keras3, "__version__", "")).startswith("3."):
+        classes.append(keras3.Model)
+    return tuple(classes)
+
+
 def _is_nested_model(layer) -> bool:
-    return isinstance(layer, keras.Model) and not isinstance(layer, keras.layers.Wrapper)
+    return isinstance(layer, _model_classes()) and not hasattr(layer, "layer")  # no Wrapper
+
+
+def _is_graph(model) -> bool:
+    """A functional model: tf_keras says so; Keras 3 has no public flag, but only its
+    functional models keep ``_nodes_by_depth``."""
+    return bool(getattr(model, "_is_graph_network", False) or hasattr(model, "_nodes_by_depth"))
 
 
 def _producers(tensor, is_prunable: Callable, seen: set) -> List:
@@ -19,16 +36,18 @@ def _producers(tensor, is_prunable: Callable, seen: set) -> List:
     history = getattr(tensor, "_keras_history", None)
     if history is None:
         return []
-    layer, node_index, tensor_index = history.layer, history.node_index, history.tensor_index
+    layer = history.layer if hasattr(history, "layer") else history.operation
+    node_index, tensor_index = history.node_index, history.tensor_index
     if (id(layer), node_index, tensor_index) in seen:
         return []
     seen.add((id(layer), node_index, tensor_index))
-    if _is_nested_model(layer) and getattr(layer, "_is_graph_network", False):
+    if _is_nested_model(layer) and _is_graph(layer):
         return _producers(layer.outputs[tensor_index], is_prunable, seen)
     if is_prunable(layer):
         return [layer]
     found = []
-    for parent in layer._inbound_nodes[node_index].keras_inputs:
+    node = layer._inbound_nodes[node_index]
+    for parent in (node.keras_inputs if hasattr(node, "keras_inputs") else node.input_tensors):
         found += _producers(parent, is_prunable, seen)
     return found
 
@@ -37,7 +56,8 @@ def output_layers(model, is_prunable: Callable) -> List:
     """The layers for which ``is_prunable(layer)`` holds that are nearest to each output.
 
     Args:
-      model: a built tf_keras model (functional or Sequential; nested models are followed).
+      model: a built tf_keras or Keras 3 model (functional or Sequential; nested models are
+        followed).
       is_prunable: ``layer -> bool``, e.g. "has a weight tf-lottery masks".
 
     Returns:
@@ -45,7 +65,7 @@ def output_layers(model, is_prunable: Callable) -> List:
       layer graph (subclassed) gives its last prunable layer in ``model.layers`` order.
     """
     found: List = []
-    if getattr(model, "_is_graph_network", False) and model.outputs:
+    if _is_graph(model) and model.outputs:
         seen: set = set()
         for tensor in model.outputs:
             found += _producers(tensor, is_prunable, seen)

@@ -1,4 +1,8 @@
-"""tf_keras functional models from the lottery-ticket and RigL papers.
+"""Functional models from the lottery-ticket and RigL papers, for tf_keras or Keras 3.
+
+Each architecture is defined once and built with the Keras that
+``tf_lottery.training.flavour`` selects (``_k()``): tf_keras by default, Keras 3 under
+``flavour.use(3)`` (``tf-lottery train --keras=3``); return annotations name tf_keras.
 
 Every builder is ``builder(input_shape=(H, W, C), num_classes=K, **options)`` and
 returns a ``keras.Model`` mapping images ``(batch, H, W, C)`` float32 to logits
@@ -29,6 +33,7 @@ from typing import Callable, Dict, Optional, Sequence
 import gin
 
 from tf_lottery._keras import keras
+from tf_lottery.training.flavour import keras_module as _k
 
 _SEED_STRIDE = 1_000_003
 
@@ -43,7 +48,7 @@ class _Layers:
                  seed: Optional[int] = None, bn_momentum: float = 0.9,
                  bn_epsilon: float = 1e-5, bn_init: str = "ones"):
         self._initializer = kernel_initializer
-        self._regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+        self._regularizer = _k().regularizers.L2(weight_decay / 2.0) if weight_decay else None
         self._seed = seed
         self._count = 0
         self._bn = dict(momentum=bn_momentum, epsilon=bn_epsilon)
@@ -59,7 +64,7 @@ class _Layers:
 
     def initializer(self):
         """A fresh kernel initializer instance, seeded when the model is."""
-        init = keras.initializers.get(self._initializer)
+        init = _k().initializers.get(self._initializer)
         config = init.get_config()
         seed = self._next_seed()
         if seed is not None and "seed" in config:
@@ -71,9 +76,9 @@ class _Layers:
         """Conv2D with "same" output size; strided convs pad symmetrically first."""
         padding = "same"
         if strides > 1 and kernel_size > 1:
-            x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+            x = _k().layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
             padding = "valid"
-        return keras.layers.Conv2D(
+        return _k().layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
             activation=activation, kernel_initializer=self.initializer(),
             kernel_regularizer=self._regularizer, name=name)(x)
@@ -82,14 +87,14 @@ class _Layers:
         """3x3 DepthwiseConv2D (multiplier 1, no bias), padded like ``conv``."""
         padding = "same"
         if strides > 1:
-            x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+            x = _k().layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
             padding = "valid"
-        return keras.layers.DepthwiseConv2D(
+        return _k().layers.DepthwiseConv2D(
             3, strides=strides, padding=padding, use_bias=False,
             depthwise_initializer=self.initializer(), name=name)(x)
 
     def dense(self, x, units: int, name: str, activation=None):
-        return keras.layers.Dense(
+        return _k().layers.Dense(
             units, activation=activation, kernel_initializer=self.initializer(),
             kernel_regularizer=self._regularizer, name=name)(x)
 
@@ -97,22 +102,22 @@ class _Layers:
         """BatchNormalization; ``zero_gamma`` starts its scale at 0 (residual branch ends)."""
         gamma = "zeros" if zero_gamma else "ones"
         if not zero_gamma and self._bn_init == "uniform":
-            gamma = keras.initializers.RandomUniform(0.0, 1.0, seed=self._next_seed())
-        return keras.layers.BatchNormalization(
+            gamma = _k().initializers.RandomUniform(0.0, 1.0, seed=self._next_seed())
+        return _k().layers.BatchNormalization(
             gamma_initializer=gamma, name=name, **self._bn)(x)
 
     def dropout(self, x, rate: float, name: str):
         if not rate:
             return x
-        return keras.layers.Dropout(rate, seed=self._next_seed(), name=name)(x)
+        return _k().layers.Dropout(rate, seed=self._next_seed(), name=name)(x)
 
 
 def _relu(x, name: str):
-    return keras.layers.ReLU(name=name)(x)
+    return _k().layers.ReLU(name=name)(x)
 
 
 def _head(layers: _Layers, x, num_classes: int):
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = _k().layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return layers.dense(x, num_classes, "logits")
 
 
@@ -124,11 +129,11 @@ def lenet_300_100(input_shape=(28, 28, 1), num_classes=10, weight_decay=0.0, see
     266,610 parameters on MNIST (28x28x1, 10 classes).
     """
     layers = _Layers(kernel_initializer, weight_decay, seed)
-    inputs = keras.Input(input_shape, name="image")
-    x = keras.layers.Flatten(name="flatten")(inputs)
+    inputs = _k().Input(input_shape, name="image")
+    x = _k().layers.Flatten(name="flatten")(inputs)
     x = layers.dense(x, 300, "fc1", "relu")
     x = layers.dense(x, 100, "fc2", "relu")
-    return keras.Model(inputs, layers.dense(x, num_classes, "logits"), name="lenet_300_100")
+    return _k().Model(inputs, layers.dense(x, num_classes, "logits"), name="lenet_300_100")
 
 
 def _conv_n(name: str, widths: Sequence[int], input_shape, num_classes, weight_decay, seed,
@@ -136,17 +141,17 @@ def _conv_n(name: str, widths: Sequence[int], input_shape, num_classes, weight_d
     """Frankle & Carbin's Conv-N: per width two 3x3 convs (bias, ReLU) and a 2x2 max pool,
     then Dense 256, Dense 256 (ReLU, optional dropout after each) and logits."""
     layers = _Layers(kernel_initializer, weight_decay, seed)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x = inputs
     for i, width in enumerate(widths):
         for j in (1, 2):
             x = layers.conv(x, width, 3, f"conv{2 * i + j}", use_bias=True, activation="relu")
-        x = keras.layers.MaxPool2D(2, name=f"pool{i + 1}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
+        x = _k().layers.MaxPool2D(2, name=f"pool{i + 1}")(x)
+    x = _k().layers.Flatten(name="flatten")(x)
     for j in (1, 2):
         x = layers.dense(x, 256, f"fc{j}", "relu")
         x = layers.dropout(x, dropout, f"dropout{j}")
-    return keras.Model(inputs, layers.dense(x, num_classes, "logits"), name=name)
+    return _k().Model(inputs, layers.dense(x, num_classes, "logits"), name=name)
 
 
 @gin.configurable
@@ -182,7 +187,7 @@ def _basic_block(layers: _Layers, x, filters: int, strides: int, name: str, zero
     if strides != 1 or x.shape[-1] != filters:
         x = layers.bn(layers.conv(x, filters, 1, f"{name}_shortcut", strides),
                       f"{name}_shortcut_bn")
-    return _relu(keras.layers.Add(name=f"{name}_add")([x, y]), f"{name}_out")
+    return _relu(_k().layers.Add(name=f"{name}_add")([x, y]), f"{name}_out")
 
 
 @gin.configurable
@@ -199,14 +204,14 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=Non
     ``zero_init_residual`` starts each block's last BN scale at 0.
     """
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x = _relu(layers.bn(layers.conv(inputs, 16, 3, "conv1"), "bn1"), "relu1")
     for stage, filters in enumerate((16, 32, 64), start=1):
         for block in range(1, 4):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(layers, x, filters, strides, f"stage{stage}_block{block}",
                              zero_init_residual)
-    return keras.Model(inputs, _head(layers, x, num_classes), name="resnet20")
+    return _k().Model(inputs, _head(layers, x, num_classes), name="resnet20")
 
 
 _VGG = {
@@ -221,17 +226,17 @@ def _vgg(depth: int, input_shape, num_classes, weight_decay, seed, kernel_initia
     """CIFAR VGG: 3x3 convs (conv-BN-ReLU) in ``_VGG[depth]`` (M: 2x2 max pool), global
     average pool, one Dense(num_classes)."""
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum, bn_init=bn_init)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x, conv, pool = inputs, 0, 0
     for width in _VGG[depth]:
         if width == "M":
             pool += 1
-            x = keras.layers.MaxPool2D(2, name=f"pool{pool}")(x)
+            x = _k().layers.MaxPool2D(2, name=f"pool{pool}")(x)
         else:
             conv += 1
             x = layers.conv(x, width, 3, f"conv{conv}", use_bias=use_bias)
             x = _relu(layers.bn(x, f"bn{conv}"), f"relu{conv}")
-    return keras.Model(inputs, _head(layers, x, num_classes), name=f"vgg{depth}")
+    return _k().Model(inputs, _head(layers, x, num_classes), name=f"vgg{depth}")
 
 
 @gin.configurable
@@ -272,7 +277,7 @@ def _wide_block(layers: _Layers, x, filters: int, strides: int, name: str, dropo
     y = _relu(layers.bn(y, f"{name}_bn2"), f"{name}_relu2")
     y = layers.dropout(y, dropout, f"{name}_dropout")
     y = layers.conv(y, filters, 3, f"{name}_conv2")
-    return keras.layers.Add(name=f"{name}_add")([x, y])
+    return _k().layers.Add(name=f"{name}_add")([x, y])
 
 
 @gin.configurable
@@ -288,14 +293,14 @@ def wrn_22_2(input_shape=(32, 32, 3), num_classes=10, weight_decay=0.0, seed=Non
     depth, width = 22, 2
     blocks = (depth - 4) // 6
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x = layers.conv(inputs, 16, 3, "conv1")
     for group, filters in enumerate((16 * width, 32 * width, 64 * width), start=1):
         for block in range(1, blocks + 1):
             strides = 2 if group > 1 and block == 1 else 1
             x = _wide_block(layers, x, filters, strides, f"group{group}_block{block}", dropout)
     x = _relu(layers.bn(x, "bn_final"), "relu_final")
-    return keras.Model(inputs, _head(layers, x, num_classes), name="wrn_22_2")
+    return _k().Model(inputs, _head(layers, x, num_classes), name="wrn_22_2")
 
 
 def _bottleneck(layers: _Layers, x, filters: int, strides: int, name: str, zero_gamma: bool):
@@ -309,7 +314,7 @@ def _bottleneck(layers: _Layers, x, filters: int, strides: int, name: str, zero_
     if strides != 1 or x.shape[-1] != 4 * filters:
         x = layers.bn(layers.conv(x, 4 * filters, 1, f"{name}_shortcut", strides),
                       f"{name}_shortcut_bn")
-    return _relu(keras.layers.Add(name=f"{name}_add")([x, y]), f"{name}_out")
+    return _relu(_k().layers.Add(name=f"{name}_add")([x, y]), f"{name}_out")
 
 
 @gin.configurable
@@ -324,17 +329,17 @@ def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=0.0, seed
     BN scale at 0.
     """
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x = _relu(layers.bn(layers.conv(inputs, 64, 7, "conv1", strides=2), "bn1"), "relu1")
-    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = keras.layers.MaxPool2D(3, strides=2, name="pool1")(x)
+    x = _k().layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = _k().layers.MaxPool2D(3, strides=2, name="pool1")(x)
     for stage, (filters, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)),
                                               start=1):
         for block in range(1, blocks + 1):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _bottleneck(layers, x, filters, strides, f"stage{stage}_block{block}",
                             zero_init_residual)
-    return keras.Model(inputs, _head(layers, x, num_classes), name="resnet50")
+    return _k().Model(inputs, _head(layers, x, num_classes), name="resnet50")
 
 
 _MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -355,7 +360,7 @@ def mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, weight_decay=0.0, 
     ``block{1..13}_depthwise`` stay dense (as in RigL), list them as dense layers.
     """
     layers = _Layers(kernel_initializer, weight_decay, seed, bn_momentum)
-    inputs = keras.Input(input_shape, name="image")
+    inputs = _k().Input(input_shape, name="image")
     x = layers.conv(inputs, int(32 * width_multiplier), 3, "conv1", strides=2)
     x = _relu(layers.bn(x, "bn1"), "relu1")
     for i, (filters, strides) in enumerate(_MOBILENET_V1, start=1):
@@ -364,9 +369,9 @@ def mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, weight_decay=0.0, 
         x = _relu(layers.bn(x, f"{name}_depthwise_bn"), f"{name}_depthwise_relu")
         x = layers.conv(x, int(filters * width_multiplier), 1, f"{name}_pointwise")
         x = _relu(layers.bn(x, f"{name}_pointwise_bn"), f"{name}_pointwise_relu")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = _k().layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.dropout(x, dropout, "dropout")
-    return keras.Model(inputs, layers.dense(x, num_classes, "logits"), name="mobilenet_v1")
+    return _k().Model(inputs, layers.dense(x, num_classes, "logits"), name="mobilenet_v1")
 
 
 MODELS: Dict[str, Callable[..., keras.Model]] = {

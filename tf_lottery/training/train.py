@@ -46,7 +46,7 @@ from tf_lottery import _io
 from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.lottery import results
 from tf_lottery.lottery.imp import IterativeMagnitudePruning
-from tf_lottery.training import datasets
+from tf_lottery.training import datasets, flavour
 
 log = logging.getLogger("tf_lottery")
 
@@ -126,10 +126,12 @@ def _worker_dir(output_dir: str, strategy) -> Optional[str]:
 @gin.configurable
 def make_optimizer(name: str = "adam", learning_rate=1e-3, momentum: float = 0.0,
                    nesterov: bool = False, weight_decay: Optional[float] = None):
-    """A fresh tf_keras optimizer: ``"adam"``, ``"sgd"`` (momentum, nesterov) or ``"adamw"``.
+    """A fresh optimizer: ``"adam"``, ``"sgd"`` (momentum, nesterov) or ``"adamw"``, of
+    the Keras ``train.keras`` selects (``tf_lottery.training.flavour``).
 
     ``learning_rate`` is a float or a schedule (``@WarmupStepDecay()`` in gin).
     """
+    keras = flavour.keras_module()
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adamw":
@@ -214,7 +216,7 @@ def _take(dataset, steps: int):
 def checksums(model) -> dict:
     """Short sha256 digests of a model's masks (if any) and of all its weights: equal
     digests on every worker show that replicas hold the same model."""
-    from tf_lottery.masking.api import get_masks, masked_layers
+    from tf_lottery.dispatch import get_masks, masked_layers
 
     out = {"weights": results.digest(model.get_weights())}
     if masked_layers(model):
@@ -364,19 +366,23 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     masked model; ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse
     runs, ``layer_sparsity.png``.
     """
-    from tf_lottery.masking.api import custom_object_scope, sparsify, sparsity_report
+    from tf_lottery.dispatch import (is_keras3, keras_of, set_random_seed, sparsify,
+                                     sparsity_report)
+    from tf_lottery.masking.api import custom_object_scope
 
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     method = _method(updater, sparsity)
     config = {"gin": gin.config_str(), "max_steps": max_steps}
     # Everything that can be misconfigured is built before the folder is touched.
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     net = model(input_shape=loaded.info.input_shape, num_classes=loaded.info.num_classes)
+    keras = keras_of(net)  # tf_keras, or Keras 3 under train.keras = 3
     train_ds = _as_dataset(loaded.train, loaded.batch_size, True, seed).repeat()
     if sparsity or updater is not None:
-        batch = next(iter(train_ds)) if mask_init in ("snip", "grasp") else None
+        scored = mask_init in ("snip", "grasp")
+        batch = {"data": next(iter(train_ds))} if scored else {}
         net = sparsify(net, sparsity, distribution, mask_init=mask_init, seed=seed,
-                       dense_layers=dense_layers, data=batch)
+                       dense_layers=dense_layers, **batch)
     fresh_optimizer = optimizer()
     test_ds = _as_dataset(loaded.test, loaded.batch_size, False, seed)
     val_ds = (test_ds if loaded.validation is None
@@ -401,7 +407,10 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     if _io.gfile.exists(folder.file("metrics.json")):
         log.info("%s: this run is finished", output_dir)
         metrics = results.read_json(folder.file("metrics.json"))
-        if export:
+        if export and is_keras3(net):
+            from tf_lottery.keras3.files import load_model
+            net = load_model(folder.file("model.h5"))
+        elif export:
             with custom_object_scope(), _io.local_copy(folder.file("model.h5")) as h5:
                 net = keras.models.load_model(h5, compile=False)
             _export(net, os.path.join(output_dir, "export"),
@@ -462,7 +471,8 @@ MAX_STEPS_ENV = "TF_LOTTERY_MAX_STEPS"
 def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = "default",
           tpu: Optional[str] = None, overwrite: bool = False, max_steps: Optional[int] = None,
           export: bool = False, data_dir: Optional[str] = None, mock_data: int = 0,
-          verbose: Optional[int] = None, trials: Optional[int] = None):
+          verbose: Optional[int] = None, trials: Optional[int] = None, keras: int = 2,
+          backend: Optional[str] = None):
     """Runs the gin-selected ``experiment`` under ``strategy``; returns its result.
 
     Args:
@@ -482,7 +492,21 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         ``sparse_training.verbose``), which is not part of the run's identity.
       trials: if not None, run this many seeds (experiments that accept ``trials``:
         ``imp_experiment``), each in ``output_dir/trial_<i>``, with a summary over them.
+      keras: 2 builds the model and optimizer with tf_keras, 3 with Keras 3
+        (``tf_lottery.training.flavour``).
+      backend: Keras 3's backend (``"tensorflow"``, ``"jax"``, ``"torch"``; implies
+        ``keras = 3``); it must be the one Keras 3 loads with in this process
+        (``KERAS_BACKEND``; ``tf-lottery train --backend`` takes care of that).
     """
+    keras = flavour.check_keras(keras)
+    if backend is not None:
+        flavour.select_backend(backend)
+        keras = 3
+    if keras == 3 and strategy != "default" and (
+            strategy == "tpu" or flavour.loaded_backend() != "tensorflow"):
+        raise ValueError(f"strategy {strategy!r} is not available for Keras 3 on the "
+                         f"{backend or flavour.loaded_backend()} backend: use "
+                         "--strategy=default, or the tensorflow backend")
     if not max_steps and os.environ.get(MAX_STEPS_ENV):
         max_steps = int(os.environ[MAX_STEPS_ENV])
     dist = make_strategy(strategy, tpu)
@@ -500,7 +524,7 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         raise ValueError(f"train.trials = {trials}: this experiment runs one seed; trials "
                          "work with train.experiment = @imp_experiment")
     try:
-        with dist.scope():
+        with dist.scope(), flavour.use(keras):
             if mock_data:
                 import tensorflow_datasets as tfds
                 with tfds.testing.mock_data(num_examples=int(mock_data)):

@@ -1,0 +1,54 @@
+"""Weight files of Keras 3 models under the names tf-lottery's run folders use.
+
+Keras 3 writes and reads weights only under a name ending in ``.weights.h5``; IMP's run
+folder keeps ``level_<i>/weights.h5`` for both Kerases. These helpers go through a
+private ``.weights.h5`` path (a hard link when possible, else a copy), so the caller's
+name and atomic write are kept.
+"""
+import os
+import shutil
+import tempfile
+
+from tf_lottery._io import gfile, is_local
+
+
+def save_weights(model, path: str) -> None:
+    """``model.save_weights`` (Keras 3 format) into the local file ``path``."""
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_", dir=os.path.dirname(path) or None) \
+            as folder:
+        named = os.path.join(folder, "model.weights.h5")
+        model.save_weights(named)
+        os.replace(named, path)
+
+
+def load_weights(model, path: str) -> None:
+    """``model.load_weights`` from ``path`` (local or any ``tf.io.gfile`` filesystem)."""
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_") as folder:
+        named = os.path.join(folder, "model.weights.h5")
+        if is_local(path):
+            try:
+                os.link(path, named)
+            except OSError:
+                shutil.copyfile(path, named)
+        else:
+            gfile.copy(path, named, overwrite=True)
+        model.load_weights(named)
+
+
+def save_model(model, path: str) -> None:
+    """``model.save`` in Keras 3's ``.keras`` format into the local file ``path``."""
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_", dir=os.path.dirname(path) or None) \
+            as folder:
+        named = os.path.join(folder, "model.keras")
+        model.save(named)
+        os.replace(named, path)
+
+
+def load_model(path: str):
+    """A model saved by ``save_model`` (local or remote ``path``), uncompiled."""
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="tf_lottery_") as folder:
+        named = os.path.join(folder, "model.keras")
+        gfile.copy(path, named, overwrite=True)
+        return keras.saving.load_model(named, compile=False)
