@@ -52,6 +52,8 @@ class _Runner:
         self.name, self.model = name, model
         self.backend = keras.config.backend()
         self.times = []
+        self.count = 0  # optimizer steps taken (RigL updates at multiples of delta_t)
+        self.updates = []  # indices into times of RigL's update steps
         if not model.optimizer.built:  # (fit builds it before its first step)
             model.optimizer.build(model.trainable_variables)
         model.make_train_function()
@@ -75,6 +77,7 @@ class _Runner:
             logs = self.model.train_function(self.iterator)
         float(logs["loss"])  # wait for the step to finish
         self.times.append(time.perf_counter() - start)
+        self.count += 1
 
     def finish(self):
         """Writes the JAX state back to the variables (and the masks, see SparseOptimizer)."""
@@ -109,6 +112,7 @@ def run(args):
         for _ in range(3):
             v.step()
         v.times.clear()
+    delta_t = args.delta_t
     print(f"  built and traced in {time.perf_counter() - begin:.0f} s", flush=True)
     sums = {v.name: [] for v in variants}
     for r in range(args.rounds):
@@ -116,6 +120,8 @@ def run(args):
         order = variants[r % 3:] + variants[:r % 3]
         for _ in range(args.delta_t):
             for v in order:
+                if v is rigl and (v.count + 1) % delta_t == 0:
+                    v.updates.append(len(v.times))
                 v.step()
         for v in variants:
             sums[v.name].append(sum(v.times[marks[v.name]:]))
@@ -131,9 +137,18 @@ def run(args):
     def ratio(a, b):
         return statistics.median(p / q for p, q in zip(sums[a], sums[b]))
 
+    static = variants[1]
+    update_set = set(rigl.updates)
+    ordinary = [i for i in range(len(rigl.times)) if i not in update_set]
+    r_ordinary = statistics.median(rigl.times[i] / static.times[i] for i in ordinary)
+    update_cost = statistics.median(rigl.times[i] / statistics.median(static.times)
+                                    for i in rigl.updates)
     print()
     for v in variants:
         print(f"{v.name:<8} median step {1000 * statistics.median(v.times):.3f} ms")
+    print(f"RigL ordinary step / static step = {r_ordinary:.3f} (median of {len(ordinary)} "
+          f"pairs); a RigL update step costs {update_cost:.1f} static steps (median of "
+          f"{len(rigl.updates)})")
     print(f"[{keras.config.backend()}] RigL/static  = {ratio('rigl', 'static'):.3f}   "
           f"(target <= 1.05 at delta_t={args.delta_t})")
     print(f"[{keras.config.backend()}] RigL/dense   = {ratio('rigl', 'dense'):.3f}")
