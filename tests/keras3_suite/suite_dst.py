@@ -297,3 +297,29 @@ def test_errors():
     with pytest.raises(ValueError, match="no trainable masked weight"):
         dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         tfl.SparseOptimizer(keras.optimizers.SGD(0.1), dense, tfl.RigL(end_step=10))
+
+
+def test_partial_top_k_and_backend_sorts_match_the_full_sort():
+    """The bounded top_k path (k_max) and this backend's sorts choose exactly what the full
+    stable sort chooses, ties (zeros, equal gradients) and a too-small bound included."""
+    from tf_lottery.dst import updaters
+    xp = arrays.get(BACKEND)
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        shape = (int(rng.integers(5, 40)), int(rng.integers(2, 12)))
+        mask = (rng.random(shape) < 0.3).astype("float32")
+        weight = rng.normal(size=shape).astype("float32") * mask
+        weight[rng.random(shape) < 0.3] = 0.0
+        grad = np.round(rng.normal(size=shape), 1).astype("float32")
+        k_max = int(mask.sum()) if trial % 2 else max(1, int(mask.sum()) // 2)
+        for rule in (updaters.RigLUpdater(), updaters.MagnitudePruningUpdater()):
+            def new(bound):
+                unit = updaters.UnitState(xp.asarray(weight), xp.asarray(mask), xp.asarray(grad),
+                                          None, xp.unit_seed(3, 1, 7), xp, bound)
+                return np.asarray(rule.new_mask(unit, 0.4))
+            np.testing.assert_array_equal(new(None), new(k_max))
+        scores = np.abs(np.round(rng.normal(size=50), 1)).astype("float32")
+        np.testing.assert_array_equal(np.asarray(xp.argsort_desc(xp.asarray(scores))),
+                                      np.argsort(-scores, kind="stable"))
+        np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),
+                                      np.argsort(scores, kind="stable"))

@@ -38,6 +38,10 @@ class _TF:
     def size(self, x):
         return self.tf.size(x)
 
+    def static_size(self, x):
+        """The number of entries as a Python int, or None if unknown when tracing."""
+        return x.shape.num_elements()
+
     def reshape(self, x, shape):
         return self.tf.reshape(x, shape)
 
@@ -98,6 +102,14 @@ class _TF:
     def take(self, x, indices, axis=0):
         return self.tf.gather(x, indices, axis=axis)
 
+    def top_k_indices(self, x, k: int):
+        """Indices of the ``k`` largest entries of 1-D ``x``, largest first, ties to the
+        lower index (as ``argsort_desc``), ``k`` a Python int."""
+        return self.tf.math.top_k(x, k=k, sorted=True).indices
+
+    def cond(self, pred, true_fn, false_fn):
+        return self.tf.cond(pred, true_fn, false_fn)
+
     def scatter(self, indices, values, n):
         """A length-``n`` vector with ``values`` at ``indices`` (a permutation)."""
         return self.tf.scatter_nd(indices[:, None], values, self.tf.reshape(n, [1]))
@@ -145,6 +157,9 @@ class _JAX:
         return tuple(self.jnp.shape(x))
 
     def size(self, x):
+        return int(self.jnp.size(x))
+
+    def static_size(self, x):
         return int(self.jnp.size(x))
 
     def reshape(self, x, shape):
@@ -198,15 +213,26 @@ class _JAX:
     def full(self, shape, value):
         return self.jnp.full(shape, value, self.jnp.float32)
 
+    # Sorting on the last axis through lax.top_k (ties to the lower index, as a stable
+    # sort), which XLA runs several times faster on CPU than a stable lax.sort.
     def argsort_desc(self, x, axis=-1):
-        # stable descending: ascending stable sort of the negation (-(-inf) = inf)
-        return self.jnp.argsort(-x, axis=axis, stable=True)
+        assert axis in (-1, x.ndim - 1)
+        return self.jax.lax.top_k(x, x.shape[-1])[1]
 
     def argsort(self, x, axis=-1):
-        return self.jnp.argsort(x, axis=axis, stable=True)
+        """Stable ascending order of integer or non-negative float ``x`` (negated for
+        top_k: no -0.0 can arise)."""
+        assert axis in (-1, x.ndim - 1)
+        return self.jax.lax.top_k(-x, x.shape[-1])[1]
 
     def take(self, x, indices, axis=0):
         return self.jnp.take(x, indices, axis=axis)
+
+    def top_k_indices(self, x, k: int):
+        return self.jax.lax.top_k(x, k)[1]
+
+    def cond(self, pred, true_fn, false_fn):
+        return self.jax.lax.cond(pred, true_fn, false_fn)
 
     def scatter(self, indices, values, n):
         return self.jnp.zeros((n,), values.dtype).at[indices].set(values)

@@ -59,6 +59,10 @@ class UnitState(NamedTuple):
       seed: the stateless seed of this unit at this step (``xp.unit_seed``).
       xp: the array namespace of the tensors (``tf_lottery.dst.arrays``; TensorFlow by
         default).
+      k_max: optional Python int, an expected bound on the active entries (e.g. their
+        count when the training step was traced): selections of at most ``k_max``
+        entries then use a partial ``top_k`` instead of a full sort, with the same result
+        (a larger count falls back to the full sort).
     """
     weight: Any
     mask: Any
@@ -66,6 +70,7 @@ class UnitState(NamedTuple):
     momentum: Optional[Any] = None
     seed: Optional[Any] = None
     xp: Any = arrays.TF
+    k_max: Optional[int] = None
 
 
 def unit_seed(seed: int, unit_index: int, step, xp=arrays.TF):
@@ -73,16 +78,30 @@ def unit_seed(seed: int, unit_index: int, step, xp=arrays.TF):
     return xp.unit_seed(seed, unit_index, step)
 
 
-def top_k_mask(scores, k, xp=arrays.TF):
+def top_k_mask(scores, k, xp=arrays.TF, k_max: Optional[int] = None):
     """0/1 float32 vector with exactly ``k`` ones at the largest ``scores`` (1-D).
 
     Ties go to the lower index. Sorts the whole vector (static shapes: XLA/TPU-safe;
-    ``k`` may be a tensor).
+    ``k`` may be a tensor), or, given a Python int ``k_max`` below the size, only its
+    ``k_max`` largest entries while ``k <= k_max`` (the same result).
     """
     n = xp.size(scores)
-    order = xp.argsort_desc(scores)
-    ones = xp.cast(xp.arange(n) < xp.cast(k, xp.int32), xp.float32)
-    return xp.scatter(order, ones, n)
+
+    def full():
+        order = xp.argsort_desc(scores)
+        ones = xp.cast(xp.arange(n) < xp.cast(k, xp.int32), xp.float32)
+        return xp.scatter(order, ones, n)
+
+    size = xp.static_size(scores)
+    if k_max is None or size is None or k_max >= size:
+        return full()
+
+    def partial():
+        top = xp.top_k_indices(scores, k_max)
+        ones = xp.cast(xp.arange(k_max) < xp.cast(k, xp.int32), xp.float32)
+        return xp.scatter(top, ones, n)
+
+    return xp.cond(xp.cast(k, xp.int32) <= k_max, partial, full)
 
 
 def drop_count(n_active, fraction, xp=arrays.TF):
@@ -91,7 +110,8 @@ def drop_count(n_active, fraction, xp=arrays.TF):
     return xp.cast(xp.floor(n), xp.int32)
 
 
-def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.TF):
+def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.TF,
+           k_max: Optional[int] = None):
     """The new 0/1 mask (float32, shaped like ``mask``).
 
     Keeps the ``n_keep`` active entries with the largest ``drop_scores`` and switches on
@@ -99,7 +119,8 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
     broken by a random permutation drawn from ``tie_seed``.
 
     Requires ``n_keep <= active`` and ``n_grow <= size - n_keep`` (the caller's counts
-    guarantee both); then the result has exactly ``n_keep + n_grow`` ones.
+    guarantee both); then the result has exactly ``n_keep + n_grow`` ones. ``k_max``: see
+    ``top_k_mask`` (a bound on ``n_keep`` and ``n_grow``).
     """
     shape = xp.shape(mask)
     active = xp.reshape(xp.cast(mask, xp.float32), [-1]) > 0.5
@@ -110,7 +131,7 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
     # Inactive entries can never be kept: their drop score is below every active one.
     d = xp.reshape(xp.cast(drop_scores, xp.float32), [-1])
     d = xp.where(active, xp.where(xp.isnan(d), lowest, d), minus_inf)
-    keep = top_k_mask(xp.take(d, perm), n_keep, xp)
+    keep = top_k_mask(xp.take(d, perm), n_keep, xp, k_max)
     if grow_scores is None:
         new = keep
     else:
@@ -119,7 +140,7 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
         g = xp.take(g, perm)
         # Kept entries rank below every candidate (-inf < lowest finite float).
         g = xp.where(keep > 0.5, minus_inf, g)
-        new = keep + top_k_mask(g, n_grow, xp)
+        new = keep + top_k_mask(g, n_grow, xp, k_max)
     new = xp.scatter(perm, new, n)
     return xp.reshape(new, shape)
 
@@ -208,7 +229,8 @@ class Updater:
         n_active = xp.sum(xp.cast(xp.cast(state.mask, xp.float32) > 0.5, xp.int32))
         n_drop = drop_count(n_active, drop_fraction, xp)
         return select(self.drop_scores(state), self.grow_scores(state), state.mask,
-                      n_active - n_drop, n_drop, xp.fold_in(state.seed, _SALT_TIES), xp)
+                      n_active - n_drop, n_drop, xp.fold_in(state.seed, _SALT_TIES), xp,
+                      state.k_max)
 
 
 class RigLUpdater(Updater):
@@ -277,4 +299,4 @@ class MagnitudePruningUpdater(Updater):
                                  * xp.cast(size, xp.float32) + 0.5), xp.int32)
         n_keep = xp.minimum(n_active, size - xp.minimum(zeros, size))
         return select(self.drop_scores(state), None, mask, n_keep, 0,
-                      xp.fold_in(state.seed, _SALT_TIES), xp)
+                      xp.fold_in(state.seed, _SALT_TIES), xp, state.k_max)

@@ -52,6 +52,7 @@ class _Unit:
         self.live = mask  # the mask the step reads and writes (JAX: the wrapper's copy)
         self.slots, self.fills = [], []
         self.momentum = None
+        self.k_max = None  # active entries when the wrapper began (a top_k bound)
 
 
 def _counts(old, new):
@@ -177,6 +178,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         for u in self._units:
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
+            u.k_max = int(np.sum(ops.convert_to_numpy(u.mask.value) > 0.5))
         jax = keras.config.backend() == "jax"
         lives = {id(u.weight): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
@@ -259,7 +261,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                     grad=unit_grads[u.index] if updater.needs_grad != updaters.GRAD_NEVER
                     else None,
                     momentum=u.momentum.value if u.momentum is not None else None,
-                    seed=xp.unit_seed(method.seed, u.index, step), xp=xp)
+                    seed=xp.unit_seed(method.seed, u.index, step), xp=xp, k_max=u.k_max)
                 out.append(ops.cast(updater.new_mask(unit, amount), "float32"))
             return out
 
@@ -294,23 +296,37 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         ops.cond(is_update, update, lambda: ops.convert_to_tensor(False))
 
     def _functional_update(self, units, is_update, amount, step, new_masks, record):
+        """JAX: one ``ops.cond`` over the whole state it may change (weights, slots, mask
+        copies, statistics); the skip branch passes it through, so an ordinary step
+        does no extra work on it."""
         stats = self.stats
+        names = ("grown", "dropped", "active", "amount", "step", "updates")
+
+        def current():
+            return ([u.weight.value for u in units], [[s.value for s in u.slots] for u in units],
+                    [u.live.value for u in units], [stats[k].value for k in names])
 
         def update():
             news = new_masks()
             counts = record(news)
-            return news, counts, amount, ops.cast(step, "int32"), stats["updates"].value + 1
+            weights, slots, masks = [], [], []
+            for u, new in zip(units, news):
+                w, s, m = state.mask_change(u.weight.value, u.live.value, new,
+                                            [v.value for v in u.slots], u.fills)
+                weights.append(w)
+                slots.append(s)
+                masks.append(ops.cast(m, u.live.dtype))
+            values = counts + [amount, ops.cast(step, "int32"), stats["updates"].value + 1]
+            return weights, slots, masks, values
 
-        def skip():
-            return ([ops.cast(u.live.value, "float32") for u in units],
-                    [stats[k].value for k in ("grown", "dropped", "active")],
-                    stats["amount"].value, stats["step"].value, stats["updates"].value)
-
-        news, counts, amount, step, count = ops.cond(is_update, update, skip)
-        for u, new in zip(units, news):
-            state.assign_mask(u.weight, u.live, new, u.slots, u.fills)
-        self._write(counts, amount, step)
-        stats["updates"].assign(count)
+        weights, slots, masks, values = ops.cond(is_update, update, current)
+        for u, w, s, m in zip(units, weights, slots, masks):
+            u.weight.assign(w)
+            for variable, value in zip(u.slots, s):
+                variable.assign(value)
+            u.live.assign(m)
+        for k, value in zip(names, values):
+            stats[k].assign(value)
 
     # -- host side
     def last_update(self) -> Optional[dict]:
