@@ -305,20 +305,35 @@ def test_partial_top_k_and_backend_sorts_match_the_full_sort():
     from tf_lottery.dst import updaters
     xp = arrays.get(BACKEND)
     rng = np.random.default_rng(1)
+    shape = (8, 6)  # one shape and jitted steps: JAX compiles each variant once
+    rules = (updaters.RigLUpdater(), updaters.MagnitudePruningUpdater())
+    compiled = {}
+
+    def new(rule, bound, *values):
+        key = (rule.name, bound)
+        if key not in compiled:
+            def fn(weight, mask, grad):
+                unit = updaters.UnitState(weight, mask, grad, None, xp.unit_seed(3, 1, 7), xp,
+                                          bound)
+                return rule.new_mask(unit, 0.4)
+            if BACKEND == "jax":
+                import jax
+                fn = jax.jit(fn)
+            compiled[key] = fn
+        return np.asarray(compiled[key](*(xp.asarray(v) for v in values)))
+
     for trial in range(6):
-        shape = (int(rng.integers(5, 40)), int(rng.integers(2, 12)))
-        mask = (rng.random(shape) < 0.3).astype("float32")
+        mask = np.zeros(48, "float32")
+        mask[rng.permutation(48)[:14]] = 1.0
+        mask = mask.reshape(shape)
         weight = rng.normal(size=shape).astype("float32") * mask
         weight[rng.random(shape) < 0.3] = 0.0
         grad = np.round(rng.normal(size=shape), 1).astype("float32")
-        k_max = int(mask.sum()) if trial % 2 else max(1, int(mask.sum()) // 2)
-        for rule in (updaters.RigLUpdater(), updaters.MagnitudePruningUpdater()):
-            def new(bound):
-                unit = updaters.UnitState(xp.asarray(weight), xp.asarray(mask), xp.asarray(grad),
-                                          None, xp.unit_seed(3, 1, 7), xp, bound)
-                return np.asarray(rule.new_mask(unit, 0.4))
-            np.testing.assert_array_equal(new(None), new(k_max))
-        scores = np.abs(np.round(rng.normal(size=50), 1)).astype("float32")
+        k_max = 14 if trial % 2 else 7  # the active count, or a too-small bound
+        for rule in rules:
+            np.testing.assert_array_equal(new(rule, None, weight, mask, grad),
+                                          new(rule, k_max, weight, mask, grad))
+        scores = np.abs(np.round(rng.normal(size=48), 1)).astype("float32")
         np.testing.assert_array_equal(np.asarray(xp.argsort_desc(xp.asarray(scores))),
                                       np.argsort(-scores, kind="stable"))
         np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),

@@ -102,10 +102,11 @@ class _TF:
     def take(self, x, indices, axis=0):
         return self.tf.gather(x, indices, axis=axis)
 
-    def top_k_indices(self, x, k: int):
-        """Indices of the ``k`` largest entries of 1-D ``x``, largest first, ties to the
-        lower index (as ``argsort_desc``), ``k`` a Python int."""
-        return self.tf.math.top_k(x, k=k, sorted=True).indices
+    def top_k(self, x, k: int):
+        """``(values, indices)`` of the ``k`` largest entries of 1-D ``x``, largest first,
+        ties to the lower index (as ``argsort_desc``), ``k`` a Python int."""
+        out = self.tf.math.top_k(x, k=k, sorted=True)
+        return out.values, out.indices
 
     def cond(self, pred, true_fn, false_fn):
         return self.tf.cond(pred, true_fn, false_fn)
@@ -228,8 +229,8 @@ class _JAX:
     def take(self, x, indices, axis=0):
         return self.jnp.take(x, indices, axis=axis)
 
-    def top_k_indices(self, x, k: int):
-        return self.jax.lax.top_k(x, k)[1]
+    def top_k(self, x, k: int):
+        return self.jax.lax.top_k(x, k)
 
     def cond(self, pred, true_fn, false_fn):
         return self.jax.lax.cond(pred, true_fn, false_fn)

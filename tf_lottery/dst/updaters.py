@@ -78,30 +78,33 @@ def unit_seed(seed: int, unit_index: int, step, xp=arrays.TF):
     return xp.unit_seed(seed, unit_index, step)
 
 
-def top_k_mask(scores, k, xp=arrays.TF, k_max: Optional[int] = None):
+def top_k_mask(scores, k, xp=arrays.TF):
     """0/1 float32 vector with exactly ``k`` ones at the largest ``scores`` (1-D).
 
     Ties go to the lower index. Sorts the whole vector (static shapes: XLA/TPU-safe;
-    ``k`` may be a tensor), or, given a Python int ``k_max`` below the size, only its
-    ``k_max`` largest entries while ``k <= k_max`` (the same result).
+    ``k`` may be a tensor).
     """
     n = xp.size(scores)
+    order = xp.argsort_desc(scores)
+    ones = xp.cast(xp.arange(n) < xp.cast(k, xp.int32), xp.float32)
+    return xp.scatter(order, ones, n)
 
-    def full():
-        order = xp.argsort_desc(scores)
-        ones = xp.cast(xp.arange(n) < xp.cast(k, xp.int32), xp.float32)
-        return xp.scatter(order, ones, n)
 
-    size = xp.static_size(scores)
-    if k_max is None or size is None or k_max >= size:
-        return full()
-
-    def partial():
-        top = xp.top_k_indices(scores, k_max)
-        ones = xp.cast(xp.arange(k_max) < xp.cast(k, xp.int32), xp.float32)
-        return xp.scatter(top, ones, n)
-
-    return xp.cond(xp.cast(k, xp.int32) <= k_max, partial, full)
+def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp):
+    """``top_k_mask`` of the scores a random permutation put in the order of ``tie_keys``
+    (ascending, ties to the lower index), i.e. the ``k`` largest ``scores`` with ties
+    going to the smaller ``tie_keys``, without a full sort: two ``top_k`` of ``k_max``
+    entries (requires ``k <= k_max``)."""
+    n = xp.size(scores)
+    values, _ = xp.top_k(scores, k_max)
+    k = xp.cast(k, xp.int32)
+    threshold = xp.take(values, xp.maximum(k - 1, 0))
+    above = scores > threshold
+    rest = k - xp.sum(xp.cast(above, xp.int32))  # how many of the tied entries to take
+    minus_inf = xp.asarray(-float("inf"), xp.float32)
+    _, tied = xp.top_k(xp.where(scores == threshold, -tie_keys, minus_inf), k_max)
+    picked = xp.scatter(tied, xp.cast(xp.arange(k_max) < rest, xp.float32), n)
+    return xp.cast(above, xp.float32) + picked
 
 
 def drop_count(n_active, fraction, xp=arrays.TF):
@@ -119,29 +122,49 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
     broken by a random permutation drawn from ``tie_seed``.
 
     Requires ``n_keep <= active`` and ``n_grow <= size - n_keep`` (the caller's counts
-    guarantee both); then the result has exactly ``n_keep + n_grow`` ones. ``k_max``: see
-    ``top_k_mask`` (a bound on ``n_keep`` and ``n_grow``).
+    guarantee both); then the result has exactly ``n_keep + n_grow`` ones. Given a Python
+    int ``k_max`` bounding ``n_keep`` and ``n_grow`` (e.g. the active count when the step
+    was traced), two partial ``top_k`` of ``k_max`` entries replace the full sorts, with
+    the same result (a larger count falls back to the sorts).
     """
     shape = xp.shape(mask)
     active = xp.reshape(xp.cast(mask, xp.float32), [-1]) > 0.5
     n = xp.size(active)
-    perm = xp.argsort(xp.uniform_n(n, tie_seed))
+    tie_keys = xp.uniform_n(n, tie_seed)
     lowest = xp.lowest
     minus_inf = xp.asarray(-float("inf"), xp.float32)
     # Inactive entries can never be kept: their drop score is below every active one.
     d = xp.reshape(xp.cast(drop_scores, xp.float32), [-1])
     d = xp.where(active, xp.where(xp.isnan(d), lowest, d), minus_inf)
-    keep = top_k_mask(xp.take(d, perm), n_keep, xp, k_max)
-    if grow_scores is None:
-        new = keep
-    else:
+    g = None
+    if grow_scores is not None:
         g = xp.reshape(xp.cast(grow_scores, xp.float32), [-1])
         g = xp.where(xp.isnan(g), lowest, g)
-        g = xp.take(g, perm)
-        # Kept entries rank below every candidate (-inf < lowest finite float).
-        g = xp.where(keep > 0.5, minus_inf, g)
-        new = keep + top_k_mask(g, n_grow, xp, k_max)
-    new = xp.scatter(perm, new, n)
+
+    def full():
+        perm = xp.argsort(tie_keys)
+        keep = top_k_mask(xp.take(d, perm), n_keep, xp)
+        new = keep
+        if g is not None:
+            # Kept entries rank below every candidate (-inf < lowest finite float).
+            candidates = xp.where(keep > 0.5, minus_inf, xp.take(g, perm))
+            new = keep + top_k_mask(candidates, n_grow, xp)
+        return xp.scatter(perm, new, n)
+
+    def bounded():  # the same choice: ties go to the smaller tie key in both
+        keep = _top_k_by_ties(d, tie_keys, n_keep, k_max, xp)
+        if g is None:
+            return keep
+        return keep + _top_k_by_ties(xp.where(keep > 0.5, minus_inf, g), tie_keys, n_grow,
+                                     k_max, xp)
+
+    size = xp.static_size(active)
+    if k_max is None or size is None or k_max >= size:
+        new = full()
+    else:
+        fits = xp.logical_and(xp.cast(n_keep, xp.int32) <= k_max,
+                              xp.cast(n_grow, xp.int32) <= k_max)
+        new = xp.cond(fits, bounded, full)
     return xp.reshape(new, shape)
 
 
