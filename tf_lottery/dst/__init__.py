@@ -2,7 +2,9 @@
 over the masked layers, as tf_keras callbacks (``model.fit``) or through
 ``SparseOptimizer`` in any training loop.
 
-Modules: ``updaters`` (drop/grow rules, pure tensor math), ``schedules`` (drop fraction),
+Modules: ``updaters`` (drop/grow rules, pure tensor math written against ``arrays``, the
+TensorFlow/JAX array namespace, so the Keras 3 path ``tf_lottery.keras3.dst`` runs the same
+rules), ``schedules`` (drop fraction),
 ``engine`` (the in-graph step and mask update), ``methods`` (the method classes),
 ``callback`` (fit plumbing and logging), ``optimizer`` (the optimizer wrapper).
 """

@@ -37,6 +37,7 @@ from tf_lottery._keras import keras, tf
 from tf_lottery.dst import updaters
 from tf_lottery.dst.engine import MaskUpdateEngine
 from tf_lottery.masking.agreement import is_multi_worker
+from tf_lottery.dispatch import is_keras3
 from tf_lottery.masking.api import check_masks_agree, masked_layers
 
 __all__ = ["MaskUpdateCallback"]
@@ -115,8 +116,19 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         """Raises ValueError before training if the method cannot run on ``model``."""
 
     # -- Keras hooks
+    def _total_steps(self):
+        total = self.total_steps
+        if total is None and self.params:
+            steps, epochs = self.params.get("steps"), self.params.get("epochs")
+            if steps is not None and epochs is not None:
+                total = int(steps) * int(epochs)
+        return total
+
     def on_train_begin(self, logs=None):
         model = self.model
+        if is_keras3(model):  # Keras 3: the optimizer wrapper of tf_lottery.keras3.dst
+            from tf_lottery.keras3 import dst as keras3_dst
+            return keras3_dst.fit_begin(self, model, self._total_steps())
         if not masked_layers(model):
             raise ValueError(f"{type(self).__name__}: model {model.name!r} has no MaskedLayer; "
                              "sparsify it first (tfl.sparsify)")
@@ -125,12 +137,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             raise ValueError(f"{type(self).__name__}: the model's optimizer is a "
                              "tfl.SparseOptimizer, which already updates the masks; drop the "
                              "callback (or compile with the plain optimizer)")
-        total = self.total_steps
-        if total is None and self.params:
-            steps, epochs = self.params.get("steps"), self.params.get("epochs")
-            if steps is not None and epochs is not None:
-                total = int(steps) * int(epochs)
-        self._check_schedule(total)
+        self._check_schedule(self._total_steps())
         self._check_model(model)
         if self.updater.updates:
             self._prepare(model)
@@ -145,7 +152,14 @@ class MaskUpdateCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._py_step
 
+    def on_epoch_end(self, epoch, logs=None):
+        if is_keras3(self.model):
+            from tf_lottery.keras3 import dst as keras3_dst
+            keras3_dst.fit_epoch_end(self, self.model)
+
     def on_train_batch_end(self, batch, logs=None):
+        if is_keras3(self.model):
+            return
         self._py_step = self._epoch_start + int(batch) + 1
         if not self.updater.updates:
             return
@@ -154,6 +168,9 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             self._collect()
 
     def on_train_end(self, logs=None):
+        if is_keras3(self.model):
+            from tf_lottery.keras3 import dst as keras3_dst
+            return keras3_dst.fit_end(self, self.model)
         if self._installed:
             self._collect()
             self._uninstall(self.model)

@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 import gin
 
 from tf_lottery._keras import tf, tfmot
-from tf_lottery.dst import schedules, updaters
+from tf_lottery.dst import arrays, schedules, updaters
 from tf_lottery.dst.callback import MaskUpdateCallback, _check_int
-from tf_lottery.masking.api import masked_layers
+from tf_lottery.dispatch import masked_layers
 
 __all__ = ["RigL", "SET", "SNFS", "StaticSparse", "GradualMagnitudePruning"]
 
@@ -54,11 +54,10 @@ class _DropGrowCallback(MaskUpdateCallback):
         """f(step) of this callback's schedule (numbers or tensors)."""
         return self._decay_fn(step, self.alpha, self._end)
 
-    def _schedule(self, step):
-        delta = tf.constant(self.delta_t, tf.int64)
-        is_update = tf.logical_and(tf.equal(tf.math.floormod(step, delta), 0),
-                                   tf.less_equal(step, tf.constant(self._end, tf.int64)))
-        return is_update, tf.cast(self.drop_fraction(step), tf.float32)
+    def _schedule(self, step, xp=arrays.TF):
+        is_update = xp.logical_and(xp.equal(xp.mod(step, self.delta_t), 0),
+                                   step <= self._end)
+        return is_update, xp.cast(self.drop_fraction(step), xp.float32)
 
     def _next_update_after(self, step):
         nxt = (int(step) // self.delta_t + 1) * self.delta_t
@@ -184,9 +183,11 @@ class GradualMagnitudePruning(MaskUpdateCallback):
             raise ValueError(f"dense_layers {unknown} are not masked layers of the model; "
                              f"masked: {sorted(layer.layer.name for layer in layers)}")
 
-    def _schedule(self, step):
-        should_prune, sparsity = self.schedule(step)
-        return tf.convert_to_tensor(should_prune), tf.cast(sparsity, tf.float32)
+    def _schedule(self, step, xp=arrays.TF):
+        if xp is arrays.TF:
+            should_prune, sparsity = self.schedule(step)
+            return tf.convert_to_tensor(should_prune), tf.cast(sparsity, tf.float32)
+        return schedules.pruning_schedule(self.schedule, step, xp)
 
     def _next_update_after(self, step):
         begin = int(getattr(self.schedule, "begin_step", 0))

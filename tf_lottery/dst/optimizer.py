@@ -31,6 +31,7 @@ restoring a checkpoint into a live wrapper, call ``refresh_gate()``.
 from typing import Optional
 
 from tf_lottery._keras import keras, tf
+from tf_lottery.dispatch import is_keras3
 from tf_lottery.dst.callback import MaskUpdateCallback
 from tf_lottery.masking.state import _check_optimizer_type
 
@@ -46,7 +47,8 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
     Args:
       optimizer: a tf_keras optimizer (``keras.optimizers.*`` or ``.legacy.*``; not a
         ``LossScaleOptimizer``). Its slots are reset for dropped and grown weights.
-      model: the built model whose ``MaskedLayer``s it updates (from ``tfl.sparsify``, or a
+      model: the built model whose ``MaskedLayer``s it updates (a Keras 3 model gives a
+        ``tf_lottery.keras3.SparseOptimizer``, the same wrapper for Keras 3 optimizers) (from ``tfl.sparsify``, or a
         subclassed model holding ``tfl.MaskedLayer(layer)`` attributes).
       method: ``tfl.RigL``, ``tfl.SET``, ``tfl.SNFS``, ``tfl.StaticSparse`` or
         ``tfl.GradualMagnitudePruning``, configured as for ``fit``; without fit's
@@ -58,6 +60,12 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
     ``skip_gradients_aggregation=True`` if you did). ``iterations``, ``learning_rate``,
     ``variables`` and ``build`` are the wrapped optimizer's.
     """
+
+    def __new__(cls, optimizer=None, model=None, method=None, *args, **kwargs):
+        if is_keras3(model):  # a Keras 3 model: the Keras 3 optimizer wrapper
+            from tf_lottery.keras3.dst import SparseOptimizer as Keras3SparseOptimizer
+            return Keras3SparseOptimizer(optimizer, model, method, *args, **kwargs)
+        return super().__new__(cls)
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def __init__(self, optimizer, model, method: MaskUpdateCallback):

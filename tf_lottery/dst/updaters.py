@@ -1,4 +1,4 @@
-"""The drop/grow rules of dynamic sparse training, as TensorFlow tensor functions.
+"""The drop/grow rules of dynamic sparse training, as tensor functions (TensorFlow or JAX).
 
 One mask update of one weight (an "update" of a *unit*) works on flat tensors:
 
@@ -32,12 +32,14 @@ Each method is a small class overriding one hook, ``grow_scores``:
 - ``MagnitudePruningUpdater``: only drops, to a target sparsity given per update
   (gradual magnitude pruning, Zhu & Gupta 2018).
 
-Everything here is pure tensor math (no variables, no numpy), usable inside a compiled
-train step on any device; ``tf_lottery.masking.update.assign_mask`` writes the result.
+Everything here is pure tensor math (no variables, no numpy) written against the array
+namespace ``xp`` of ``tf_lottery.dst.arrays`` (TensorFlow by default; JAX for Keras 3 on
+JAX), usable inside a compiled train step on any device; ``assign_mask`` (tf_keras:
+``tf_lottery.masking.update``, Keras 3: ``tf_lottery.keras3.state``) writes the result.
 """
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
-from tf_lottery._keras import tf
+from tf_lottery.dst import arrays
 
 #: When an updater needs the dense gradient dL/d(w * m).
 GRAD_NEVER, GRAD_AT_UPDATES, GRAD_EVERY_STEP = "never", "update_steps", "every_step"
@@ -54,45 +56,65 @@ class UnitState(NamedTuple):
       grad: the dense gradient dL/d(w * m) of this step, all-reduced across replicas,
         or None if the updater does not need it.
       momentum: the moving average of the dense gradient (SNFS), or None.
-      seed: int64 tensor of shape [2], the stateless seed of this unit at this step.
+      seed: the stateless seed of this unit at this step (``xp.unit_seed``).
+      xp: the array namespace of the tensors (``tf_lottery.dst.arrays``; TensorFlow by
+        default).
+      k_max: optional Python int, an expected bound on the active entries (e.g. their
+        count when the training step was traced): selections of at most ``k_max``
+        entries then use a partial ``top_k`` instead of a full sort, with the same result
+        (a larger count falls back to the full sort).
     """
-    weight: tf.Tensor
-    mask: tf.Tensor
-    grad: Optional[tf.Tensor] = None
-    momentum: Optional[tf.Tensor] = None
-    seed: Optional[tf.Tensor] = None
+    weight: Any
+    mask: Any
+    grad: Optional[Any] = None
+    momentum: Optional[Any] = None
+    seed: Optional[Any] = None
+    xp: Any = arrays.TF
+    k_max: Optional[int] = None
 
 
-def unit_seed(seed: int, unit_index: int, step) -> tf.Tensor:
+def unit_seed(seed: int, unit_index: int, step, xp=arrays.TF):
     """The stateless seed of one unit at one step: a function of (seed, unit, step) only."""
-    base = tf.constant([int(seed), 0x5EED], dtype=tf.int64)
-    with_unit = tf.random.experimental.stateless_fold_in(base, int(unit_index))
-    return tf.random.experimental.stateless_fold_in(with_unit, tf.cast(step, tf.int64))
+    return xp.unit_seed(seed, unit_index, step)
 
 
-def _fold(seed, salt: int) -> tf.Tensor:
-    return tf.random.experimental.stateless_fold_in(seed, salt)
-
-
-def top_k_mask(scores, k):
+def top_k_mask(scores, k, xp=arrays.TF):
     """0/1 float32 vector with exactly ``k`` ones at the largest ``scores`` (1-D).
 
     Ties go to the lower index. Sorts the whole vector (static shapes: XLA/TPU-safe;
     ``k`` may be a tensor).
     """
-    n = tf.size(scores)
-    order = tf.argsort(scores, direction="DESCENDING", stable=True)
-    ones = tf.cast(tf.range(n) < tf.cast(k, tf.int32), tf.float32)
-    return tf.scatter_nd(order[:, None], ones, tf.reshape(n, [1]))
+    n = xp.size(scores)
+    order = xp.argsort_desc(scores)
+    ones = xp.cast(xp.arange(n) < xp.cast(k, xp.int32), xp.float32)
+    return xp.scatter(order, ones, n)
 
 
-def drop_count(n_active, fraction):
+def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp):
+    """``top_k_mask`` of the scores a random permutation put in the order of ``tie_keys``
+    (ascending, ties to the lower index), i.e. the ``k`` largest ``scores`` with ties
+    going to the smaller ``tie_keys``, without a full sort: two ``top_k`` of ``k_max``
+    entries (requires ``k <= k_max``)."""
+    n = xp.size(scores)
+    values, _ = xp.top_k(scores, k_max)
+    k = xp.cast(k, xp.int32)
+    threshold = xp.take(values, xp.maximum(k - 1, 0))
+    above = scores > threshold
+    rest = k - xp.sum(xp.cast(above, xp.int32))  # how many of the tied entries to take
+    minus_inf = xp.asarray(-float("inf"), xp.float32)
+    _, tied = xp.top_k(xp.where(scores == threshold, -tie_keys, minus_inf), k_max)
+    picked = xp.scatter(tied, xp.cast(xp.arange(k_max) < rest, xp.float32), n)
+    return xp.cast(above, xp.float32) + picked
+
+
+def drop_count(n_active, fraction, xp=arrays.TF):
     """floor(n_active * fraction) as int32 (the RigL reference rounds down)."""
-    n = tf.cast(n_active, tf.float32) * tf.cast(fraction, tf.float32)
-    return tf.cast(tf.floor(n), tf.int32)
+    n = xp.cast(n_active, xp.float32) * xp.cast(fraction, xp.float32)
+    return xp.cast(xp.floor(n), xp.int32)
 
 
-def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
+def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.TF,
+           k_max: Optional[int] = None):
     """The new 0/1 mask (float32, shaped like ``mask``).
 
     Keeps the ``n_keep`` active entries with the largest ``drop_scores`` and switches on
@@ -100,40 +122,61 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
     broken by a random permutation drawn from ``tie_seed``.
 
     Requires ``n_keep <= active`` and ``n_grow <= size - n_keep`` (the caller's counts
-    guarantee both); then the result has exactly ``n_keep + n_grow`` ones.
+    guarantee both); then the result has exactly ``n_keep + n_grow`` ones. Given a Python
+    int ``k_max`` bounding ``n_keep`` and ``n_grow`` (e.g. the active count when the step
+    was traced), two partial ``top_k`` of ``k_max`` entries replace the full sorts, with
+    the same result (a larger count falls back to the sorts).
     """
-    shape = tf.shape(mask)
-    active = tf.reshape(tf.cast(mask, tf.float32), [-1]) > 0.5
-    n = tf.size(active)
-    perm = tf.argsort(tf.random.stateless_uniform(tf.reshape(n, [1]), tie_seed), stable=True)
-    lowest = tf.float32.min
-    minus_inf = tf.constant(-float("inf"), tf.float32)
+    shape = xp.shape(mask)
+    active = xp.reshape(xp.cast(mask, xp.float32), [-1]) > 0.5
+    n = xp.size(active)
+    tie_keys = xp.uniform_n(n, tie_seed)
+    lowest = xp.lowest
+    minus_inf = xp.asarray(-float("inf"), xp.float32)
     # Inactive entries can never be kept: their drop score is below every active one.
-    d = tf.reshape(tf.cast(drop_scores, tf.float32), [-1])
-    d = tf.where(active, tf.where(tf.math.is_nan(d), lowest, d), minus_inf)
-    keep = top_k_mask(tf.gather(d, perm), n_keep)
-    if grow_scores is None:
+    d = xp.reshape(xp.cast(drop_scores, xp.float32), [-1])
+    d = xp.where(active, xp.where(xp.isnan(d), lowest, d), minus_inf)
+    g = None
+    if grow_scores is not None:
+        g = xp.reshape(xp.cast(grow_scores, xp.float32), [-1])
+        g = xp.where(xp.isnan(g), lowest, g)
+
+    def full():
+        perm = xp.argsort(tie_keys)
+        keep = top_k_mask(xp.take(d, perm), n_keep, xp)
         new = keep
+        if g is not None:
+            # Kept entries rank below every candidate (-inf < lowest finite float).
+            candidates = xp.where(keep > 0.5, minus_inf, xp.take(g, perm))
+            new = keep + top_k_mask(candidates, n_grow, xp)
+        return xp.scatter(perm, new, n)
+
+    def bounded():  # the same choice: ties go to the smaller tie key in both
+        keep = _top_k_by_ties(d, tie_keys, n_keep, k_max, xp)
+        if g is None:
+            return keep
+        return keep + _top_k_by_ties(xp.where(keep > 0.5, minus_inf, g), tie_keys, n_grow,
+                                     k_max, xp)
+
+    size = xp.static_size(active)
+    if k_max is None or size is None or k_max >= size:
+        new = full()
     else:
-        g = tf.reshape(tf.cast(grow_scores, tf.float32), [-1])
-        g = tf.where(tf.math.is_nan(g), lowest, g)
-        g = tf.gather(g, perm)
-        # Kept entries rank below every candidate (-inf < lowest finite float).
-        g = tf.where(keep > 0.5, minus_inf, g)
-        new = keep + top_k_mask(g, n_grow)
-    new = tf.scatter_nd(perm[:, None], new, tf.reshape(n, [1]))
-    return tf.reshape(new, shape)
+        fits = xp.logical_and(xp.cast(n_keep, xp.int32) <= k_max,
+                              xp.cast(n_grow, xp.int32) <= k_max)
+        new = xp.cond(fits, bounded, full)
+    return xp.reshape(new, shape)
 
 
-def _rank_below(scores, k):
+def _rank_below(scores, k, xp=arrays.TF):
     """0/1 float32 [R, C]: ones at the ``k[r]`` largest ``scores`` of each row (ties to
     the lower column)."""
-    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
-    ranks = tf.argsort(order, axis=-1, stable=True)
-    return tf.cast(ranks < tf.cast(k, tf.int32)[:, None], tf.float32)
+    order = xp.argsort_desc(scores, axis=-1)
+    ranks = xp.argsort(order, axis=-1)
+    return xp.cast(ranks < xp.cast(k, xp.int32)[:, None], xp.float32)
 
 
-def select_per_unit(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
+def select_per_unit(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.TF):
     """``select`` done separately for every output unit (last axis of ``mask``).
 
     ``n_keep`` and ``n_grow`` are int32 vectors with one count per unit; unit ``j`` of the
@@ -141,27 +184,26 @@ def select_per_unit(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed):
     fan-in mask stays constant fan-in (SRigL, Lasby et al. 2023). Ties are broken by one
     random permutation of the inputs drawn from ``tie_seed``.
     """
-    shape = tf.shape(mask)
+    shape = xp.shape(mask)
     units = shape[-1]
-    rows = lambda t: tf.transpose(tf.reshape(tf.cast(t, tf.float32), [-1, units]))  # noqa: E731
+    rows = lambda t: xp.transpose(xp.reshape(xp.cast(t, xp.float32), [-1, units]))  # noqa: E731
     active = rows(mask) > 0.5
-    fan_in = tf.shape(active)[1]
-    perm = tf.argsort(tf.random.stateless_uniform(tf.reshape(fan_in, [1]), tie_seed),
-                      stable=True)
-    active = tf.gather(active, perm, axis=1)
-    lowest = tf.float32.min
-    minus_inf = tf.constant(-float("inf"), tf.float32)
-    d = tf.gather(rows(drop_scores), perm, axis=1)
-    d = tf.where(active, tf.where(tf.math.is_nan(d), lowest, d), minus_inf)
-    keep = _rank_below(d, n_keep)
+    fan_in = xp.shape(active)[1]
+    perm = xp.argsort(xp.uniform_n(fan_in, tie_seed))
+    active = xp.take(active, perm, axis=1)
+    lowest = xp.lowest
+    minus_inf = xp.asarray(-float("inf"), xp.float32)
+    d = xp.take(rows(drop_scores), perm, axis=1)
+    d = xp.where(active, xp.where(xp.isnan(d), lowest, d), minus_inf)
+    keep = _rank_below(d, n_keep, xp)
     new = keep
     if grow_scores is not None:
-        g = tf.gather(rows(grow_scores), perm, axis=1)
-        g = tf.where(tf.math.is_nan(g), lowest, g)
-        g = tf.where(keep > 0.5, minus_inf, g)
-        new = keep + _rank_below(g, n_grow)
-    new = tf.gather(new, tf.argsort(perm, stable=True), axis=1)
-    return tf.reshape(tf.transpose(new), shape)
+        g = xp.take(rows(grow_scores), perm, axis=1)
+        g = xp.where(xp.isnan(g), lowest, g)
+        g = xp.where(keep > 0.5, minus_inf, g)
+        new = keep + _rank_below(g, n_grow, xp)
+    new = xp.take(new, xp.argsort(perm), axis=1)
+    return xp.reshape(xp.transpose(new), shape)
 
 
 class Updater:
@@ -169,6 +211,8 @@ class Updater:
 
     Subclasses override ``grow_scores`` (and declare what it needs in ``needs_grad`` /
     ``needs_momentum``). ``updates = False`` marks an updater that never changes masks.
+    The hooks compute with ``state.xp`` (``tf_lottery.dst.arrays``), so one rule serves
+    every array library.
     """
 
     name = "base"
@@ -187,7 +231,7 @@ class Updater:
 
     def drop_scores(self, state: UnitState):
         """Larger is kept. Default: |w| (inactive entries are excluded by ``select``)."""
-        return tf.abs(state.weight)
+        return state.xp.abs(state.weight)
 
     def grow_scores(self, state: UnitState):
         """Larger is grown first; only entries not kept are candidates."""
@@ -196,17 +240,20 @@ class Updater:
     def new_mask(self, state: UnitState, drop_fraction):
         """The mask after one update that drops and regrows ``drop_fraction`` of the active
         entries; the number of active entries is unchanged."""
+        xp = state.xp
         if self.structure == "constant_fan_in" and len(state.mask.shape) >= 2:
-            mask = tf.cast(state.mask, tf.float32)
-            per_unit = tf.cast(tf.reshape(mask, [-1, tf.shape(mask)[-1]]) > 0.5, tf.int32)
-            n_active = tf.reduce_sum(per_unit, axis=0)
-            n_drop = drop_count(n_active, drop_fraction)
+            mask = xp.cast(state.mask, xp.float32)
+            per_unit = xp.cast(xp.reshape(mask, [-1, xp.shape(mask)[-1]]) > 0.5, xp.int32)
+            n_active = xp.sum(per_unit, axis=0)
+            n_drop = drop_count(n_active, drop_fraction, xp)
             return select_per_unit(self.drop_scores(state), self.grow_scores(state), mask,
-                                   n_active - n_drop, n_drop, _fold(state.seed, _SALT_TIES))
-        n_active = tf.reduce_sum(tf.cast(tf.cast(state.mask, tf.float32) > 0.5, tf.int32))
-        n_drop = drop_count(n_active, drop_fraction)
+                                   n_active - n_drop, n_drop,
+                                   xp.fold_in(state.seed, _SALT_TIES), xp)
+        n_active = xp.sum(xp.cast(xp.cast(state.mask, xp.float32) > 0.5, xp.int32))
+        n_drop = drop_count(n_active, drop_fraction, xp)
         return select(self.drop_scores(state), self.grow_scores(state), state.mask,
-                      n_active - n_drop, n_drop, _fold(state.seed, _SALT_TIES))
+                      n_active - n_drop, n_drop, xp.fold_in(state.seed, _SALT_TIES), xp,
+                      state.k_max)
 
 
 class RigLUpdater(Updater):
@@ -216,7 +263,7 @@ class RigLUpdater(Updater):
     needs_grad = GRAD_AT_UPDATES
 
     def grow_scores(self, state: UnitState):
-        return tf.abs(state.grad)
+        return state.xp.abs(state.grad)
 
 
 class SETUpdater(Updater):
@@ -225,7 +272,8 @@ class SETUpdater(Updater):
     name = "set"
 
     def grow_scores(self, state: UnitState):
-        return tf.random.stateless_uniform(tf.shape(state.weight), _fold(state.seed, _SALT_GROW))
+        xp = state.xp
+        return xp.uniform(xp.shape(state.weight), xp.fold_in(state.seed, _SALT_GROW))
 
 
 class SNFSUpdater(Updater):
@@ -236,7 +284,7 @@ class SNFSUpdater(Updater):
     needs_momentum = True
 
     def grow_scores(self, state: UnitState):
-        return tf.abs(state.momentum)
+        return state.xp.abs(state.momentum)
 
 
 class StaticUpdater(Updater):
@@ -249,7 +297,7 @@ class StaticUpdater(Updater):
         return None
 
     def new_mask(self, state: UnitState, drop_fraction):
-        return tf.cast(state.mask, tf.float32)
+        return state.xp.cast(state.mask, state.xp.float32)
 
 
 class MagnitudePruningUpdater(Updater):
@@ -265,12 +313,13 @@ class MagnitudePruningUpdater(Updater):
         return None
 
     def new_mask(self, state: UnitState, target_sparsity):
-        mask = tf.cast(state.mask, tf.float32)
-        size = tf.size(mask)
-        n_active = tf.reduce_sum(tf.cast(mask > 0.5, tf.int32))
+        xp = state.xp
+        mask = xp.cast(state.mask, xp.float32)
+        size = xp.size(mask)
+        n_active = xp.sum(xp.cast(mask > 0.5, xp.int32))
         # Zeros rounded half up, as tf_lottery.masking.selection.count_zeros.
-        zeros = tf.cast(tf.floor(tf.cast(target_sparsity, tf.float32)
-                                 * tf.cast(size, tf.float32) + 0.5), tf.int32)
-        n_keep = tf.minimum(n_active, size - tf.minimum(zeros, size))
+        zeros = xp.cast(xp.floor(xp.cast(target_sparsity, xp.float32)
+                                 * xp.cast(size, xp.float32) + 0.5), xp.int32)
+        n_keep = xp.minimum(n_active, size - xp.minimum(zeros, size))
         return select(self.drop_scores(state), None, mask, n_keep, 0,
-                      _fold(state.seed, _SALT_TIES))
+                      xp.fold_in(state.seed, _SALT_TIES), xp, state.k_max)

@@ -9,3 +9,6 @@ from tf_lottery.keras3.api import (apply_masks, get_masks, get_weights, masked_l
 
 __all__ += ["apply_masks", "get_masks", "get_weights", "masked_layers", "output_keys",
             "set_masks", "sparsify", "sparsity_distribution", "sparsity_report", "strip"]
+from tf_lottery.keras3.dst import SparseOptimizer  # noqa: E402
+
+__all__ += ["SparseOptimizer"]

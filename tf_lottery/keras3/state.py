@@ -84,16 +84,29 @@ def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
     return slots, fills
 
 
+def mask_change(weight, old_mask, new_mask, slots: Sequence = (), fills: Sequence[float] = ()):
+    """The values ``assign_mask`` writes, as a pure function of tensors: ``(weight, [slots],
+    mask)`` after changing ``old_mask`` to ``new_mask`` (usable inside a functional
+    ``ops.cond`` on JAX)."""
+    old = ops.cast(old_mask, "float32")
+    new = ops.reshape(ops.cast(new_mask, "float32"), ops.shape(old))
+    keep = old * new
+    weight = weight * ops.cast(keep, weight.dtype)
+    out = []
+    for slot, fill in zip(slots, list(fills) + [0.0] * (len(slots) - len(fills))):
+        kept = ops.cast(keep, slot.dtype)
+        out.append(slot * kept + ops.cast(fill, slot.dtype) * (1 - kept))
+    return weight, out, new
+
+
 def assign_mask(weight, mask, new_mask, slots: Sequence = (), fills: Sequence[float] = ()):
     """Sets ``mask`` to ``new_mask``; entries turned off or on become 0 in ``weight`` and get
     their reset value in each slot; entries kept on are unchanged."""
-    old = ops.cast(mask.value, "float32")
-    new = ops.reshape(ops.cast(new_mask, "float32"), ops.shape(old))
-    keep = old * new
-    weight.assign(weight.value * ops.cast(keep, weight.dtype))
-    for slot, fill in zip(slots, list(fills) + [0.0] * (len(slots) - len(fills))):
-        kept = ops.cast(keep, slot.dtype)
-        slot.assign(slot.value * kept + ops.cast(fill, slot.dtype) * (1 - kept))
+    value, slot_values, new = mask_change(weight.value, mask.value, new_mask,
+                                          [s.value for s in slots], fills)
+    weight.assign(value)
+    for slot, slot_value in zip(slots, slot_values):
+        slot.assign(slot_value)
     mask.assign(ops.cast(new, mask.dtype))
 
 

@@ -46,10 +46,13 @@ class _MaskConstraint:
         self.mask = mask
         self.original = original
         self.host = None
+        self.live = None  # set by sparse training: a mask copy carried in the optimizer state
 
     def __call__(self, value):
         if self.original is not None:
             value = self.original(value)
+        if self.live is not None:
+            return value * ops.cast(self.live.value, value.dtype)
         if self.host is not None:
             return value * ops.cast(self.host, value.dtype)
         return value * ops.cast(self.mask.value, value.dtype)
@@ -89,6 +92,7 @@ class MaskedLayer(keras.layers.Wrapper):
         object.__setattr__(self, "_owners", [])
         object.__setattr__(self, "_names", [])
         self._takes_training = "training" in inspect.signature(layer.call).parameters
+        self._dense_gradients = False
 
     def __call__(self, *args, **kwargs):
         if not self.layer.built:
@@ -156,9 +160,29 @@ class MaskedLayer(keras.layers.Wrapper):
         """Names of the masked weights inside the layer ("kernel", "query_kernel", ...)."""
         return list(self._names)
 
+    def set_dense_gradients(self, on: bool, live_masks=None) -> None:
+        """Hands the masking of this layer's weights to a sparse-training optimizer.
+
+        While ``on``, the forward pass computes with the raw weights, which that optimizer
+        (``tf_lottery.keras3.SparseOptimizer``) keeps exactly 0 where masked: it masks
+        the gradients and its constraint re-zeroes the weights after every step. The
+        backward pass then gives the dense gradient dL/d(w * m) (RigL's grow criterion)
+        at no extra cost. ``live_masks`` (one variable per masked weight, or None) are
+        the mask copies the weights' constraints read instead of the masks (on JAX, the
+        optimizer's copies, carried in its state through a stateless step). Set it before
+        the training step is traced; ``on=False`` restores the masked forward pass.
+        """
+        self._dense_gradients = bool(on)
+        lives = list(live_masks) if live_masks is not None else [None] * len(self._pairs)
+        for (weight, _), live in zip(self._pairs, lives):
+            if isinstance(weight.constraint, _MaskConstraint):
+                weight.constraint.live = live if on else None
+
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:
             kwargs["training"] = training
+        if self._dense_gradients:
+            return self.layer.call(*args, **kwargs)
         write = bool(training) and keras.config.backend() == "tensorflow"
         originals = []
         try:

@@ -1,0 +1,283 @@
+"""The array operations the drop/grow rules and schedules of dynamic sparse training are
+written in, for each array library that runs them.
+
+``updaters`` and ``schedules`` are written once against this small namespace; ``TF``
+runs them on TensorFlow tensors (the tf_keras path, and Keras 3 on the TensorFlow
+backend: the same ops, so the same choices, ties included) and ``JAX`` on JAX arrays
+(Keras 3 on the JAX backend, inside a jitted step). Every op keeps static shapes and
+does no host round trip. Sorting is stable, so ties go to the lower index on both.
+
+``namespace(x)`` picks the namespace of a tensor (``None`` for Python numbers and numpy).
+"""
+import sys
+
+
+class _TF:
+    """TensorFlow ops (eager or inside ``tf.function``)."""
+
+    name = "tensorflow"
+
+    def __init__(self):
+        import tensorflow as tf
+        self.tf = tf
+        self.float32, self.int32, self.int64, self.bool = tf.float32, tf.int32, tf.int64, tf.bool
+        self.lowest = tf.float32.min
+
+    def is_tensor(self, x) -> bool:
+        return self.tf.is_tensor(x) or isinstance(x, self.tf.Variable)
+
+    def asarray(self, x, dtype=None):
+        return self.tf.convert_to_tensor(x, dtype=dtype)
+
+    def cast(self, x, dtype):
+        return self.tf.cast(x, dtype)
+
+    def shape(self, x):
+        return self.tf.shape(x)
+
+    def size(self, x):
+        return self.tf.size(x)
+
+    def static_size(self, x):
+        """The number of entries as a Python int, or None if unknown when tracing."""
+        return x.shape.num_elements()
+
+    def reshape(self, x, shape):
+        return self.tf.reshape(x, shape)
+
+    def transpose(self, x):
+        return self.tf.transpose(x)
+
+    def where(self, cond, a, b):
+        return self.tf.where(cond, a, b)
+
+    def isnan(self, x):
+        return self.tf.math.is_nan(x)
+
+    def abs(self, x):
+        return self.tf.abs(x)
+
+    def floor(self, x):
+        return self.tf.floor(x)
+
+    def cos(self, x):
+        return self.tf.cos(x)
+
+    def clip(self, x, lo, hi):
+        return self.tf.clip_by_value(x, lo, hi)
+
+    def maximum(self, a, b):
+        return self.tf.maximum(a, b)
+
+    def minimum(self, a, b):
+        return self.tf.minimum(a, b)
+
+    def power(self, a, b):
+        return self.tf.pow(a, b)
+
+    def sum(self, x, axis=None):
+        return self.tf.reduce_sum(x, axis=axis)
+
+    def equal(self, a, b):
+        return self.tf.equal(a, b)
+
+    def mod(self, a, b):
+        return self.tf.math.floormod(a, b)
+
+    def logical_and(self, a, b):
+        return self.tf.logical_and(a, b)
+
+    def arange(self, n):
+        return self.tf.range(n)
+
+    def full(self, shape, value):
+        return self.tf.fill(shape, self.tf.constant(value, self.tf.float32))
+
+    def argsort_desc(self, x, axis=-1):
+        return self.tf.argsort(x, axis=axis, direction="DESCENDING", stable=True)
+
+    def argsort(self, x, axis=-1):
+        return self.tf.argsort(x, axis=axis, stable=True)
+
+    def take(self, x, indices, axis=0):
+        return self.tf.gather(x, indices, axis=axis)
+
+    def top_k(self, x, k: int):
+        """``(values, indices)`` of the ``k`` largest entries of 1-D ``x``, largest first,
+        ties to the lower index (as ``argsort_desc``), ``k`` a Python int."""
+        out = self.tf.math.top_k(x, k=k, sorted=True)
+        return out.values, out.indices
+
+    def cond(self, pred, true_fn, false_fn):
+        return self.tf.cond(pred, true_fn, false_fn)
+
+    def scatter(self, indices, values, n):
+        """A length-``n`` vector with ``values`` at ``indices`` (a permutation)."""
+        return self.tf.scatter_nd(indices[:, None], values, self.tf.reshape(n, [1]))
+
+    def unit_seed(self, seed: int, unit_index: int, step):
+        """int64 [2]: the stateless seed of one unit at one step."""
+        fold = self.tf.random.experimental.stateless_fold_in
+        base = self.tf.constant([int(seed), 0x5EED], dtype=self.tf.int64)
+        return fold(fold(base, int(unit_index)), self.tf.cast(step, self.tf.int64))
+
+    def fold_in(self, seed, salt: int):
+        return self.tf.random.experimental.stateless_fold_in(seed, salt)
+
+    def uniform(self, shape, seed):
+        return self.tf.random.stateless_uniform(shape, seed)
+
+    def uniform_n(self, n, seed):
+        """A vector of ``n`` uniform floats in [0, 1) (``n`` a scalar, maybe a tensor)."""
+        return self.tf.random.stateless_uniform(self.tf.reshape(n, [1]), seed)
+
+
+class _JAX:
+    """jax.numpy ops (inside ``jax.jit``; static shapes)."""
+
+    name = "jax"
+
+    def __init__(self):
+        import jax
+        import jax.numpy as jnp
+        self.jax, self.jnp = jax, jnp
+        self.float32, self.int32, self.bool = jnp.float32, jnp.int32, jnp.bool_
+        self.int64 = jnp.int32  # JAX runs without x64 by default; steps fit in int32
+        self.lowest = float(jnp.finfo(jnp.float32).min)
+
+    def is_tensor(self, x) -> bool:
+        return isinstance(x, self.jax.Array)
+
+    def asarray(self, x, dtype=None):
+        return self.jnp.asarray(x, dtype=dtype)
+
+    def cast(self, x, dtype):
+        return self.jnp.asarray(x).astype(dtype)
+
+    def shape(self, x):
+        return tuple(self.jnp.shape(x))
+
+    def size(self, x):
+        return int(self.jnp.size(x))
+
+    def static_size(self, x):
+        return int(self.jnp.size(x))
+
+    def reshape(self, x, shape):
+        return self.jnp.reshape(x, shape)
+
+    def transpose(self, x):
+        return self.jnp.transpose(x)
+
+    def where(self, cond, a, b):
+        return self.jnp.where(cond, a, b)
+
+    def isnan(self, x):
+        return self.jnp.isnan(x)
+
+    def abs(self, x):
+        return self.jnp.abs(x)
+
+    def floor(self, x):
+        return self.jnp.floor(x)
+
+    def cos(self, x):
+        return self.jnp.cos(x)
+
+    def clip(self, x, lo, hi):
+        return self.jnp.clip(x, lo, hi)
+
+    def maximum(self, a, b):
+        return self.jnp.maximum(a, b)
+
+    def minimum(self, a, b):
+        return self.jnp.minimum(a, b)
+
+    def power(self, a, b):
+        return self.jnp.power(a, b)
+
+    def sum(self, x, axis=None):
+        return self.jnp.sum(x, axis=axis)
+
+    def equal(self, a, b):
+        return self.jnp.equal(a, b)
+
+    def mod(self, a, b):
+        return self.jnp.mod(a, b)
+
+    def logical_and(self, a, b):
+        return self.jnp.logical_and(a, b)
+
+    def arange(self, n):
+        return self.jnp.arange(n)
+
+    def full(self, shape, value):
+        return self.jnp.full(shape, value, self.jnp.float32)
+
+    # Sorting on the last axis through lax.top_k (ties to the lower index, as a stable
+    # sort), which XLA runs several times faster on CPU than a stable lax.sort.
+    def argsort_desc(self, x, axis=-1):
+        assert axis in (-1, x.ndim - 1)
+        return self.jax.lax.top_k(x, x.shape[-1])[1]
+
+    def argsort(self, x, axis=-1):
+        """Stable ascending order of integer or non-negative float ``x`` (negated for
+        top_k: no -0.0 can arise)."""
+        assert axis in (-1, x.ndim - 1)
+        return self.jax.lax.top_k(-x, x.shape[-1])[1]
+
+    def take(self, x, indices, axis=0):
+        return self.jnp.take(x, indices, axis=axis)
+
+    def top_k(self, x, k: int):
+        return self.jax.lax.top_k(x, k)
+
+    def cond(self, pred, true_fn, false_fn):
+        return self.jax.lax.cond(pred, true_fn, false_fn)
+
+    def scatter(self, indices, values, n):
+        return self.jnp.zeros((n,), values.dtype).at[indices].set(values)
+
+    def unit_seed(self, seed: int, unit_index: int, step):
+        """A JAX PRNG key (uint32 [2]): the stateless seed of one unit at one step."""
+        random = self.jax.random
+        base = random.fold_in(random.PRNGKey(int(seed)), 0x5EED)
+        return random.fold_in(random.fold_in(base, int(unit_index)),
+                              self.jnp.asarray(step, self.jnp.int32))
+
+    def fold_in(self, seed, salt: int):
+        return self.jax.random.fold_in(seed, salt)
+
+    def uniform(self, shape, seed):
+        return self.jax.random.uniform(seed, shape, self.jnp.float32)
+
+    def uniform_n(self, n, seed):
+        return self.jax.random.uniform(seed, (int(n),), self.jnp.float32)
+
+
+_CACHE = {}
+
+
+def get(name: str):
+    """The namespace ``"tensorflow"`` or ``"jax"`` (created on first use)."""
+    if name not in _CACHE:
+        if name == "tensorflow":
+            _CACHE[name] = _TF()
+        elif name == "jax":
+            _CACHE[name] = _JAX()
+        else:
+            raise ValueError(f"tf-lottery's dynamic sparse training runs on the TensorFlow and "
+                             f"JAX backends, not {name!r}")
+    return _CACHE[name]
+
+
+def namespace(x):
+    """The namespace of tensor ``x`` (TF or JAX), or None for numbers and numpy arrays."""
+    if "jax" in sys.modules and get("jax").is_tensor(x):
+        return get("jax")
+    if get("tensorflow").is_tensor(x):
+        return get("tensorflow")
+    return None
+
+
+TF = get("tensorflow")

@@ -1,0 +1,400 @@
+"""Dynamic sparse training on Keras 3 models: ``SparseOptimizer``, the one extension point.
+
+``tfl.RigL``, ``SET``, ``SNFS``, ``StaticSparse`` and ``GradualMagnitudePruning`` run on a
+Keras 3 model through this optimizer wrapper, in any training loop::
+
+    opt = tfl.SparseOptimizer(keras.optimizers.Adam(1e-3), model,
+                              tfl.RigL(delta_t=100, end_step=7500))
+    model.compile(opt, loss)          # fit, or a custom loop calling opt.apply(grads)
+
+As a ``model.fit`` callback (``callbacks=[tfl.RigL(...)]``) the method puts this wrapper
+around the compiled optimizer for the fit call (``fit_begin`` / ``fit_end``).
+
+One step (``apply``): the dense gradients of the masked weights are kept for the grow
+rule, multiplied by the masks and applied by the wrapped optimizer (whose constraint
+re-zeroes masked weights); then, at the method's update steps (the same schedule and
+``tf_lottery.dst.updaters`` rules as the tf_keras path, written once against
+``tf_lottery.dst.arrays``), new masks are computed and written with
+``tf_lottery.keras3.state.assign_mask``: dropped and grown weights and their optimizer
+state become exactly 0, and every weight keeps its number of active entries.
+
+The dense gradient (the tf_keras path's "gradient gate"): while a wrapper is live the
+masked layers compute with the raw weights, which the wrapper keeps exactly 0 where
+masked (``MaskedLayer.set_dense_gradients``), so every backward pass gives
+dL/d(w * m) at no extra cost, and the wrapper masks it before the optimizer sees it.
+
+Backends. On TensorFlow the update is a ``tf.cond`` with the writes inside (eager or in
+``tf.function``). On JAX the step is stateless (``fit`` calls ``stateless_apply`` inside
+``jax.jit``): the wrapper carries copies of the masks, the SNFS momentum and the update
+statistics among its ``variables``, and the update is a functional ``ops.cond``. The
+model's own mask variables cannot be written from a stateless optimizer step, so on JAX
+they are brought up to date by ``sync_masks()`` (the ``fit`` callback does it at every
+epoch end; a custom JAX loop calls it after assigning its state back to the variables).
+"""
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_lottery.dst import arrays, updaters
+from tf_lottery.keras3 import api, state
+
+__all__ = ["SparseOptimizer", "fit_begin", "fit_end", "fit_epoch_end"]
+
+
+class _Unit:
+    """One masked, trainable weight taking part in the updates."""
+
+    def __init__(self, index, key, layer, weight, mask):
+        self.index, self.key, self.layer = index, key, layer
+        self.weight, self.mask = weight, mask
+        self.live = mask  # the mask the step reads and writes (JAX: the wrapper's copy)
+        self.slots, self.fills = [], []
+        self.momentum = None
+        self.k_max = None  # active entries when the wrapper began (a top_k bound)
+
+
+def _counts(old, new):
+    """(grown, dropped, active) int32 scalars of one mask change."""
+    old, new = old > 0.5, new > 0.5
+    grown = ops.sum(ops.cast(ops.logical_and(new, ops.logical_not(old)), "int32"))
+    dropped = ops.sum(ops.cast(ops.logical_and(old, ops.logical_not(new)), "int32"))
+    return grown, dropped, ops.sum(ops.cast(new, "int32"))
+
+
+class SparseOptimizer(keras.optimizers.Optimizer):
+    """A Keras 3 optimizer that keeps masked weights at 0 and runs a mask-update method.
+
+    Args:
+      optimizer: a Keras 3 optimizer (``keras.optimizers.*``); its per-weight state is
+        reset for dropped and grown weights.
+      model: the built Keras 3 model whose ``MaskedLayer``s it updates (``tfl.sparsify``).
+      method: ``tfl.RigL``, ``tfl.SET``, ``tfl.SNFS``, ``tfl.StaticSparse`` or
+        ``tfl.GradualMagnitudePruning``; outside ``fit`` RigL-style methods need
+        ``end_step=`` or ``total_steps=``. One method object serves one wrapper.
+
+    ``iterations``, ``learning_rate`` and the optimizer state are the wrapped
+    optimizer's; ``variables`` adds the wrapper's own (update statistics, SNFS momentum,
+    and on JAX the mask copies). Create it before tracing the training step.
+    """
+
+    def __init__(self, optimizer, model, method, name: Optional[str] = None):
+        from tf_lottery.dst.callback import MaskUpdateCallback
+        if isinstance(optimizer, SparseOptimizer):
+            raise ValueError("optimizer is already a SparseOptimizer; wrap the plain optimizer "
+                             "once")
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(f"optimizer must be a Keras 3 optimizer (keras.optimizers.*), got "
+                            f"{type(optimizer).__name__}")
+        if (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+                and keras.config.backend() == "jax"):
+            raise ValueError("SparseOptimizer does not support mixed_float16 loss scaling on "
+                             "JAX yet; train in float32")
+        if not isinstance(method, MaskUpdateCallback):
+            raise TypeError("method must be tfl.RigL, tfl.SET, tfl.SNFS, tfl.StaticSparse or "
+                            f"tfl.GradualMagnitudePruning, got {type(method).__name__}")
+        if getattr(method, "_keras3_optimizer", None) is not None:
+            raise ValueError(f"this {type(method).__name__} object already updates a model; "
+                             "create one method object per SparseOptimizer")
+        if not model.built:
+            raise ValueError(f"model {model.name!r} is not built: call it once on a batch "
+                             "(or build it) before wrapping its optimizer")
+        super().__init__(learning_rate=0.0, name=name or "sparse_" + optimizer.name)
+        self.inner_optimizer = optimizer
+        method._check_schedule(method.total_steps)
+        method._check_model(model)
+        # Plain attributes (object.__setattr__): the optimizer's tracker would otherwise
+        # adopt the model's variables as optimizer variables.
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "installed_by", None)
+        object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
+        object.__setattr__(self, "_units", self._find_units(model, method))
+        object.__setattr__(method, "_keras3_optimizer", self)
+        self.build(model.trainable_variables)
+
+    @staticmethod
+    def _find_units(model, method):
+        """Every trainable masked weight (the wrapper masks their gradients); ``index`` is
+        the position among those taking part in the updates (the seed's unit index, as on
+        the tf_keras path), or None."""
+        trainable = {id(v) for v in model.trainable_variables}
+        units, taking_part = [], 0
+        for layer in api.masked_layers(model):
+            for wname, (weight, mask) in zip(layer.weight_names, layer.masked_weights):
+                if id(weight) not in trainable:
+                    continue
+                index = None
+                if method._takes_part(layer, wname):
+                    index, taking_part = taking_part, taking_part + 1
+                units.append(_Unit(index, f"{layer.layer.name}/{wname}", layer, weight, mask))
+        if not taking_part:
+            raise ValueError(f"{type(method).__name__}: model {model.name!r} has no trainable "
+                             "masked weight to update; sparsify it first (tfl.sparsify)")
+        return units
+
+    @property
+    def units(self):
+        """The masked weights taking part in the updates, in model order."""
+        return [u for u in self._units if u.index is not None]
+
+    # -- state
+    def build(self, var_list):
+        if self.built:
+            return
+        if not self.inner_optimizer.built:
+            self.inner_optimizer.build(var_list)
+        n = len(self.units)
+        jax = keras.config.backend() == "jax"
+        stats = {
+            "step": self.add_variable((), "zeros", "int32", name="dst_step"),
+            "updates": self.add_variable((), "zeros", "int32", name="dst_updates"),
+            "amount": self.add_variable((), "zeros", "float32", name="dst_amount"),
+            "grown": self.add_variable((n,), "zeros", "int32", name="dst_grown"),
+            "dropped": self.add_variable((n,), "zeros", "int32", name="dst_dropped"),
+            "active": self.add_variable((n,), "zeros", "int32", name="dst_active"),
+        }
+        object.__setattr__(self, "stats", stats)
+        optimizers = state.live_optimizers(None, self.inner_optimizer)
+        for u in self._units:
+            u.slots, u.fills = state.slots_of(optimizers, u.weight)
+            if self.method.updater.needs_momentum and u.index is not None:
+                u.momentum = self.add_variable(u.weight.shape, "zeros", "float32",
+                                               name="dst_momentum")
+            if jax:
+                u.live = self.add_variable(u.mask.shape, "zeros", "float32", name="dst_mask")
+        super().build(var_list)
+        self.begin()
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    def begin(self) -> None:
+        """Takes over the masking from the model's layers (dense gradients; on JAX the
+        mask copies start from the model's masks). ``__init__`` calls it; call it again
+        after ``tfl.set_masks`` or after ``release()``."""
+        for u in self._units:
+            if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
+                u.live.assign(ops.copy(u.mask.value))
+            u.k_max = int(np.sum(ops.convert_to_numpy(u.mask.value) > 0.5))
+        jax = keras.config.backend() == "jax"
+        lives = {id(u.weight): u.live for u in self._units}
+        for layer in {id(u.layer): u.layer for u in self._units}.values():
+            layer.set_dense_gradients(
+                True, [lives.get(id(w)) for w, _ in layer.masked_weights] if jax else None)
+
+    def release(self) -> None:
+        """Gives the masking back to the model's layers (after ``sync_masks``)."""
+        self.sync_masks()
+        for layer in {id(u.layer): u.layer for u in self._units}.values():
+            layer.set_dense_gradients(False)
+
+    def sync_masks(self) -> None:
+        """Writes the step's mask copies into the model's masks (JAX; no-op on TF)."""
+        for u in self._units:
+            if u.live is not u.mask:
+                value = ops.copy(u.live.value)
+                u.mask.assign(value)
+                u.layer._sync_host(u.weight, keras.ops.convert_to_numpy(value))
+
+    # -- delegation
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self):
+        raise NotImplementedError(
+            "SparseOptimizer is not serialisable (it holds a model); save the model with "
+            "include_optimizer=False, or save weights")
+
+    # -- one step
+    def apply(self, grads, trainable_variables=None):
+        """Applies the masked gradients, then updates the masks if this step is due."""
+        tvars = (self._trainable_variables if trainable_variables is None
+                 else list(trainable_variables))
+        grads = list(grads)
+        xp, method = self._xp, self.method
+        updater = method.updater
+        step = xp.cast(xp.asarray(self.inner_optimizer.iterations.value), xp.int64) + 1
+        by_id = {id(v): i for i, v in enumerate(tvars)}
+        unit_grads = {}
+        for u in self._units:
+            i = by_id.get(id(u.weight))
+            if i is None or grads[i] is None:  # the loss does not depend on this weight
+                unit_grads[u.index] = ops.zeros(u.weight.shape, "float32")
+                continue
+            unit_grads[u.index] = ops.cast(grads[i], "float32")
+            grads[i] = grads[i] * ops.cast(u.live.value, grads[i].dtype)
+        units = self.units
+        self.inner_optimizer.apply(grads, tvars)
+        if not updater.updates:
+            return
+        if updater.needs_momentum:
+            decay = method.momentum
+            for u in units:
+                g = unit_grads[u.index]
+                u.momentum.assign(decay * u.momentum.value + (1.0 - decay) * g)
+        is_update, amount = method._schedule(step, xp)
+        amount = xp.cast(amount, xp.float32)
+
+        def new_masks():
+            out = []
+            for u in units:
+                unit = updaters.UnitState(
+                    weight=u.weight.value, mask=u.live.value,
+                    grad=unit_grads[u.index] if updater.needs_grad != updaters.GRAD_NEVER
+                    else None,
+                    momentum=u.momentum.value if u.momentum is not None else None,
+                    seed=xp.unit_seed(method.seed, u.index, step), xp=xp, k_max=u.k_max)
+                out.append(ops.cast(updater.new_mask(unit, amount), "float32"))
+            return out
+
+        def record(news):
+            counts = [_counts(ops.cast(u.live.value, "float32"), new)
+                      for u, new in zip(units, news)]
+            return [ops.stack([c[k] for c in counts]) for k in range(3)]
+
+        if keras.config.backend() == "jax":
+            self._functional_update(units, is_update, amount, step, new_masks, record)
+        else:
+            self._stateful_update(units, is_update, amount, step, new_masks, record)
+
+    def _write(self, counts, amount, step):
+        stats = self.stats
+        stats["grown"].assign(counts[0])
+        stats["dropped"].assign(counts[1])
+        stats["active"].assign(counts[2])
+        stats["amount"].assign(amount)
+        stats["step"].assign(ops.cast(step, "int32"))
+
+    def _stateful_update(self, units, is_update, amount, step, new_masks, record):
+        def update():
+            news = new_masks()
+            counts = record(news)
+            for u, new in zip(units, news):
+                state.assign_mask(u.weight, u.live, new, u.slots, u.fills)
+            self._write(counts, amount, step)
+            self.stats["updates"].assign_add(1)
+            return ops.convert_to_tensor(True)
+
+        ops.cond(is_update, update, lambda: ops.convert_to_tensor(False))
+
+    def _functional_update(self, units, is_update, amount, step, new_masks, record):
+        """JAX: one ``ops.cond`` over the whole state it may change (weights, slots, mask
+        copies, statistics); the skip branch passes it through, so an ordinary step
+        does no extra work on it."""
+        stats = self.stats
+        names = ("grown", "dropped", "active", "amount", "step", "updates")
+
+        def current():
+            return ([u.weight.value for u in units], [[s.value for s in u.slots] for u in units],
+                    [u.live.value for u in units], [stats[k].value for k in names])
+
+        def update():
+            news = new_masks()
+            counts = record(news)
+            weights, slots, masks = [], [], []
+            for u, new in zip(units, news):
+                w, s, m = state.mask_change(u.weight.value, u.live.value, new,
+                                            [v.value for v in u.slots], u.fills)
+                weights.append(w)
+                slots.append(s)
+                masks.append(ops.cast(m, u.live.dtype))
+            values = counts + [amount, ops.cast(step, "int32"), stats["updates"].value + 1]
+            return weights, slots, masks, values
+
+        weights, slots, masks, values = ops.cond(is_update, update, current)
+        for u, w, s, m in zip(units, weights, slots, masks):
+            u.weight.assign(w)
+            for variable, value in zip(u.slots, s):
+                variable.assign(value)
+            u.live.assign(m)
+        for k, value in zip(names, values):
+            stats[k].assign(value)
+
+    # -- host side
+    def last_update(self) -> Optional[dict]:
+        """The most recent mask update: ``step``, the drop fraction (pruning:
+        ``target_sparsity``), ``grown``/``dropped``/``active`` per weight key; or None."""
+        if int(ops.convert_to_numpy(self.stats["updates"].value)) == 0:
+            return None
+        values = {k: np.asarray(ops.convert_to_numpy(v.value)) for k, v in self.stats.items()}
+        return {"step": int(values["step"]),
+                self.method.amount_name: float(values["amount"]),
+                "grown": {u.key: int(values["grown"][u.index]) for u in self.units},
+                "dropped": {u.key: int(values["dropped"][u.index]) for u in self.units},
+                "active": {u.key: int(values["active"][u.index]) for u in self.units}}
+
+    @property
+    def update_count(self) -> int:
+        """How many mask updates ran."""
+        return int(ops.convert_to_numpy(self.stats["updates"].value))
+
+
+# -- model.fit plumbing of the method callbacks (tf_lottery.dst.callback delegates here)
+def fit_begin(method, model, total_steps) -> None:
+    """``on_train_begin`` on a Keras 3 model: wraps the compiled optimizer for this fit."""
+    current = model.optimizer
+    if isinstance(current, SparseOptimizer):
+        if current.installed_by is None:
+            raise ValueError(f"{type(method).__name__}: the model's optimizer is a "
+                             "tfl.SparseOptimizer, which already updates the masks; drop the "
+                             "callback (or compile with the plain optimizer)")
+        _uninstall(model, current)  # left by a fit that raised before on_train_end
+    method._check_schedule(total_steps)
+    method._check_model(model)
+    if not method.updater.updates:
+        return  # static sparse: the masked layers keep the masks, nothing to install
+    object.__setattr__(method, "_keras3_optimizer", None)
+    wrapper = SparseOptimizer(model.optimizer, model, method)
+    object.__setattr__(wrapper, "installed_by", method)
+    model.optimizer = wrapper
+    model.make_train_function(force=True)
+
+
+def _uninstall(model, wrapper) -> None:
+    wrapper.release()
+    model.optimizer = wrapper.inner_optimizer
+    model.train_function = None
+
+
+def _record(method, wrapper) -> None:
+    record = wrapper.last_update()
+    if record is not None and (not method.history or method.history[-1] != record):
+        method.history.append(record)
+        if method.verbose:
+            print(f"{type(method).__name__} step {record['step']}: {method.amount_name} "
+                  f"{record[method.amount_name]:.4f}, {sum(record['grown'].values())} grown, "
+                  f"{sum(record['dropped'].values())} dropped")
+
+
+def fit_epoch_end(method, model) -> None:
+    """``on_epoch_end``: the model's masks catch up (JAX) and the last update is logged."""
+    wrapper = model.optimizer
+    if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
+        wrapper.sync_masks()
+        _record(method, wrapper)
+
+
+def fit_end(method, model) -> None:
+    """``on_train_end``: removes the wrapper; the model keeps the masks it reached."""
+    wrapper = model.optimizer
+    if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
+        _record(method, wrapper)
+        _uninstall(model, wrapper)
