@@ -1,6 +1,8 @@
 """The sparsity sweep (``@sparse_sweep``): cells, summary statistics, resume, run folder."""
+import importlib.util
 import json
 import os
+import pathlib
 
 import gin
 import pytest
@@ -78,6 +80,24 @@ def test_sweep_writes_every_cell_and_resumes_without_writing(tmp_path, tiny_gin)
                    if "cells" in p.parts and "Prune_90" not in p.parts)
     with pytest.raises(RunExportError, match=r"sparsity sweep; export one of its cells"):
         load_run_model(str(run))
+
+    table = _tool()
+    keep = tmp_path / "kept"
+    table.main([str(run), "--trials=1", f"--keep={keep}"])
+    kept = results.read_json(str(keep) + ".json")
+    assert [c["cell"] for c in kept["cells"]] == cells[:4]
+    assert kept["summary"] == sweep.summarise(saved["cells"][:4])
+    assert "| RigL | " in table.markdown(summary, 2)
+    with pytest.raises(SystemExit, match="trials 0..2 are not all finished"):
+        table.main([str(run), "--trials=3"])
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        "sweep_table", pathlib.Path(__file__).parent.parent / "tools" / "sweep_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_summary_statistics_are_exact():

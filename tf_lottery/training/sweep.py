@@ -149,7 +149,10 @@ def sparse_sweep(output_dir: str, overwrite: bool = False,
     _check(methods, sparsities, trials)
     if max_steps:
         sparsities, trials = sparsities[-1:], 1
-    config = {"experiment": "sparse_sweep", "gin": gin.config_str(), "max_steps": max_steps}
+    config = {"experiment": "sparse_sweep", "gin": gin.config_str(), "max_steps": max_steps,
+              "methods": {k: None if m is None else m.__name__ for k, m in methods.items()},
+              "sparsities": sparsities, "trials": int(trials), "seed": int(seed),
+              "dense": bool(dense), "prune": [prune_begin, prune_end, prune_every]}
     folder = results.RunDirectory(output_dir, config, overwrite)
     rows, changed = [], False
     for name, method, sparsity, trial in _cells(methods, sparsities, int(trials), dense):
