@@ -125,6 +125,7 @@ def test_cell_names():
     (dict(methods={"RigL": "RigL"}), r"must be a method class \(@RigL"),
     (dict(sparsities=(0.9, 1.0)), r"must lie in \(0, 1\), got 1.0"),
     (dict(trials=0), "at least 1"),
+    (dict(prune_begin=0.8, prune_end=0.75), r"0 <= prune_begin < prune_end <= 1"),
 ])
 def test_bad_settings_fail_before_the_folder_exists(tmp_path, kwargs, message):
     args = dict({"methods": {"RigL": dst.RigL}}, **kwargs)

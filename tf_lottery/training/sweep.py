@@ -82,7 +82,8 @@ def _pruning_to(cls, sparsity: float, begin: float, end: float, every: int):
     return Pruning
 
 
-def _check(methods: Mapping, sparsities: Sequence[float], trials: int) -> None:
+def _check(methods: Mapping, sparsities: Sequence[float], trials: int,
+           prune: Sequence[float]) -> None:
     from tf_lottery import dst
 
     for name, method in methods.items():
@@ -99,6 +100,11 @@ def _check(methods: Mapping, sparsities: Sequence[float], trials: int) -> None:
             raise ValueError(f"sparse_sweep.sparsities must lie in (0, 1), got {s}")
     if int(trials) < 1:
         raise ValueError(f"sparse_sweep.trials must be at least 1, got {trials}")
+    begin, end, every = prune
+    if not (0.0 <= float(begin) < float(end) <= 1.0 and int(every) >= 1):
+        raise ValueError(f"sparse_sweep: gradual pruning needs 0 <= prune_begin < prune_end "
+                         f"<= 1 (fractions of training) and prune_every >= 1 (steps), got "
+                         f"{begin}, {end}, {every}")
 
 
 def _cells(methods: Mapping, sparsities: Sequence[float], trials: int, dense: bool):
@@ -146,7 +152,7 @@ def sparse_sweep(output_dir: str, overwrite: bool = False,
 
     methods = dict(methods)
     sparsities = [float(s) for s in sparsities]
-    _check(methods, sparsities, trials)
+    _check(methods, sparsities, trials, (prune_begin, prune_end, prune_every))
     if max_steps:
         sparsities, trials = sparsities[-1:], 1
     config = {"experiment": "sparse_sweep", "gin": gin.config_str(), "max_steps": max_steps,
