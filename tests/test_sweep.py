@@ -7,7 +7,7 @@ import pathlib
 import gin
 import pytest
 
-from tf_lottery import dst
+from tf_lottery import cli, dst
 from tf_lottery._keras import keras, tf
 from tf_lottery.export.run_folder import RunExportError, load_run_model
 from tf_lottery.lottery import results
@@ -80,6 +80,7 @@ def test_sweep_writes_every_cell_and_resumes_without_writing(tmp_path, tiny_gin)
                    if "cells" in p.parts and "Prune_90" not in p.parts)
     with pytest.raises(RunExportError, match=r"sparsity sweep; export one of its cells"):
         load_run_model(str(run))
+    assert cli._where_it_stopped(str(run)) == f"8 of 8 cells of the sweep are saved in {run}/cells"
 
     table = _tool()
     keep = tmp_path / "kept"
@@ -144,3 +145,15 @@ def test_overwrite_moves_a_sweep_aside(tmp_path):
     results.RunDirectory(str(run), {"a": 2}, overwrite=True)
     (old,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert (old / "sweep.json").is_file() and (old / "cells" / "RigL_90").is_dir()
+
+
+def test_readme_table_is_the_kept_sweep():
+    """The README's sweep table is the one tools/sweep_table.py makes from the kept rows."""
+    root = pathlib.Path(__file__).parent.parent
+    kept = json.loads((root / "docs" / "digits_lenet300100_rigl_sweep.json").read_text())
+    trials = len({c["trial"] for c in kept["cells"]})
+    assert kept["summary"] == sweep.summarise(kept["cells"])
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- sweep-table:begin -->\n")[1].split("<!-- sweep-table:end -->")[0]
+    assert table == _tool().markdown(kept["summary"], trials)
+    assert (root / "docs" / "digits_lenet300100_rigl_sweep.png").is_file()
