@@ -109,14 +109,23 @@ def test_config_runs_two_steps(path, tmp_path, clean_state):
         result = training.train(str(output_dir), data_dir=str(tmp_path / "tfds"))
     assert (output_dir / "operative_config.gin").is_file()
     assert "train.max_steps = 2" in (output_dir / "config.gin").read_text()
-    run_dir = output_dir  # a baselines config's first mode, a trials config's first trial
-    modes = training._bound("imp_baselines.modes")
+    run_dir = output_dir  # a baselines config's first mode, a trials config's first trial,
+    modes = training._bound("imp_baselines.modes")  # a sweep's first dense cell
     if modes and "@imp_baselines" in gin.config_str():
         run_dir = run_dir / f"mode_{modes[0]}"
-    run_dir = run_dir / "trial_0" if trials else run_dir
+    if "@sparse_sweep" in gin.config_str():
+        run_dir = run_dir / "cells/dense"
+    run_dir = run_dir / "trial_0" if trials or "@sparse_sweep" in gin.config_str() else run_dir
     assert (run_dir / "tensorboard").is_dir()
     assert not (output_dir / "export").exists()  # nothing is exported unless asked
-    if "instability" in result:  # rewind points 0 and 1 of a 2-iteration run, 3 points
+    if isinstance(result, list):  # sparse_sweep: one trial of the last sparsity, every method
+        last = gin.query_parameter("sparse_sweep.sparsities")[-1]
+        methods = list(gin.query_parameter("sparse_sweep.methods"))
+        assert [(r["method"], r["sparsity"], r["trials"]) for r in result] == \
+            [("dense", 0.0, 1)] + [(m, last, 1) for m in methods]
+        assert (output_dir / "sweep.json").is_file()
+        assert (output_dir / "accuracy_vs_sparsity.png").is_file()
+    elif "instability" in result:  # rewind points 0 and 1 of a 2-iteration run, 3 points
         assert [r["rewind_iteration"] for r in result["instability"]] == [0, 1]
         assert all(len(r["errors"]) == 3 and r["barrier"] >= 0 for r in result["instability"])
         assert (output_dir / "instability.png").is_file()
@@ -237,6 +246,11 @@ REFERENCES = {
     "digits_lenet300100_rigl": dict(_ADAM, model="lenet_300_100", lr=1.2e-3,
                                     weight_decay=0.0, dropout=(), dense=(),
                                     source="demo, not a paper row"),
+    "digits_lenet300100_rigl_sweep": dict(
+        _ADAM, model="lenet_300_100", lr=1.2e-3, weight_decay=0.0, dropout=(), dense=(),
+        sparsities=(0.8, 0.9, 0.95, 0.98, 0.99),
+        methods=("RigL", "SET", "SNFS", "StaticSparse", "GradualMagnitudePruning"),
+        source="digits_lenet300100_rigl per cell; Evci et al. 2020 Section 4"),
 }
 
 
@@ -285,6 +299,11 @@ def test_config_settings_match_the_references(path, clean_state):
     experiment = gin.query_parameter("train.experiment").selector.split(".")[-1]
     if experiment == "imp_baselines":  # imp_experiment once per mode
         experiment = "imp_experiment"
+    if experiment == "sparse_sweep":  # a grid of sparse_training runs
+        assert tuple(gin.query_parameter("sparse_sweep.sparsities")) == ref["sparsities"]
+        assert tuple(m.selector.split(".")[-1] for m in gin.query_parameter(
+            "sparse_sweep.methods").values()) == ref["methods"]
+        experiment = "sparse_training"
     model_name = gin.query_parameter(f"{experiment}.model").selector.split(".")[-1]
     expected_model = ref["model"]
     if expected_model == "conv":

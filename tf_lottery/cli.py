@@ -156,6 +156,11 @@ def _where_it_stopped(output_dir) -> str:
         return "nothing was saved yet"
 
     config = results.read_json(os.path.join(output_dir, "run.json"))
+    if config.get("experiment") == "sparse_sweep":
+        total = int(config["trials"]) * (len(config["methods"]) * len(config["sparsities"])
+                                         + int(config["dense"]))
+        done = len(gfile.glob(os.path.join(output_dir, "cells", "*", "trial_*", "metrics.json")))
+        return f"{done} of {total} cells of the sweep are saved in {output_dir}/cells"
     if "levels" in config:
         levels = int(config["levels"])
         done = results.finished_levels(output_dir, levels)

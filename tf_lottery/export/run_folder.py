@@ -6,7 +6,8 @@
   (``model.to_json()`` of the masked model), the weights and masks from
   ``level_<i>/weights.h5`` (the main line: ``ticket``, ``finetune`` or ``lr_rewind``) or
   ``level_<i>/weights_<control>.h5`` (``reinit``, ``random_mask``; levels >= 1);
-- sparse-training runs: ``model.h5`` (the whole masked model).
+- sparse-training runs: ``model.h5`` (the whole masked model), also each cell
+  ``cells/<method>_<sparsity>/trial_<k>`` of a sparsity sweep.
 
 ``export_run`` exports it with ``tf_lottery.export.export`` (provenance: the run's
 ``config.gin``, level, kind and weights remaining).
@@ -58,6 +59,9 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
         raise RunExportError(f"{run_dir} is not a tf-lottery run folder (no run.json); give "
                              "--run_dir the --output_dir of a run, or --checkpoint a saved model")
     config = results.read_json(run_file)
+    if config.get("experiment") == "sparse_sweep":
+        raise RunExportError(f"{run_dir} is a sparsity sweep; export one of its cells, e.g. "
+                             f"--run_dir={os.path.join(run_dir, 'cells', 'RigL_90', 'trial_0')}")
     gin_file = os.path.join(run_dir, "config.gin")
     provenance = {"run_dir": os.path.abspath(run_dir) if _io.is_local(run_dir) else run_dir,
                   "gin_config": (_io.read_bytes(gin_file).decode("utf-8")

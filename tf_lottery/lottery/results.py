@@ -150,7 +150,9 @@ _IDENTITY = {MARKER, "run.json", "config.gin", "model.json", "tensorboard"}
 _WRITTEN = _IDENTITY | {"operative_config.gin", "rewind_point.npz", "summary.json",
                         "summary.csv", "accuracy_vs_remaining.png", "export", "backup",
                         "model.h5", "metrics.json", "layer_sparsity.png",
-                        "instability.json", "instability.png"}
+                        "instability.json", "instability.png",
+                        "cells", "sweep.json", "sweep.csv", "sweep_cells.csv",
+                        "accuracy_vs_sparsity.png"}
 
 
 def _not_ours(entries) -> List[str]:
