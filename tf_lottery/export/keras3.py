@@ -7,7 +7,9 @@ tf_lottery (``saved_model.verify``: outputs equal within ``atol``, exactly the m
 non-zeros, none outside the masks), and ``sparsity.json`` / ``export_report.json`` are
 written as for tf_keras models. LiteRT (TFLite) files are converted from that SavedModel
 on the TensorFlow backend; Keras 3.15 exports LiteRT only from the TensorFlow (or PyTorch,
-with litert_torch) backend, so on JAX the report says so and how to get them.
+with litert_torch) backend, so on JAX the report says so and how to get them. On PyTorch,
+Keras 3.15's SavedModel export fails (torch.export rejects the dynamic batch dimension Keras
+passes, for plain models too): a one-line error says to export from TensorFlow or JAX.
 """
 import os
 import platform
@@ -23,6 +25,7 @@ from tf_lottery.export import saved_model as _saved_model
 from tf_lottery.export import tflite as _tflite
 
 LITERT_BACKENDS = ("tensorflow",)
+SAVED_MODEL_BACKENDS = ("tensorflow", "jax")  # checked here; PyTorch fails in Keras 3.15
 
 
 def _specs(model, sample, input_shape):
@@ -110,7 +113,16 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
         sm_dir = os.path.join(tmp, package.SAVED_MODEL_DIR)
-        plain.export(sm_dir, format="tf_saved_model", verbose=False)
+        try:
+            plain.export(sm_dir, format="tf_saved_model", verbose=False)
+        except Exception as error:
+            if backend in SAVED_MODEL_BACKENDS:
+                raise
+            raise RuntimeError(
+                f"Keras {keras.__version__} could not write a SavedModel on the {backend} "
+                f"backend ({type(error).__name__}; it fails for plain models too): save the "
+                "model (model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow "
+                "or jax") from error
         verification = None
         if verify:
             verification = _saved_model.verify(sm_dir, batch, reference, names,

@@ -84,7 +84,9 @@ def find_owner(layer, weight) -> Tuple[object, str]:
     stack = [(layer, 0)]
     while stack:
         owner, depth = stack.pop(0)
-        for attr, value in vars(owner).items():
+        # on the PyTorch backend layers are torch Modules, which keep sublayers in _modules
+        for attr, value in list(vars(owner).items()) + list(
+                (getattr(owner, "_modules", None) or {}).items()):
             if value is weight:
                 return owner, attr
             if isinstance(value, keras.layers.Layer) and depth < 3:

@@ -13,10 +13,9 @@ exactly 0 wherever a user looks.
   an optimizer must never see one (an EMA copy would keep it: ``use_ema`` writes the
   averages back at the end of ``fit``). One write per masked weight and step does it:
 
-  - TensorFlow: a training-mode forward pass writes the ``weight * mask`` it computed
-    back into the variable, before the optimizer runs (as the tf_keras path does);
-  - JAX and PyTorch (and a TensorFlow weight computed in another dtype, mixed
-    precision): each masked variable gets a ``constraint`` that multiplies by the mask
+  - TensorFlow and PyTorch: a training-mode forward pass writes the ``weight * mask`` it
+    computed back into the variable, before the optimizer runs (as the tf_keras path does);
+  - JAX (and a weight computed in another dtype, mixed precision): each masked variable gets a ``constraint`` that multiplies by the mask
     (composed with the layer's own constraint), which Keras 3 optimizers apply after
     each update (a JAX layer call cannot write a trainable variable). On JAX the
     constraint uses a host copy of the mask baked in when the step is traced:
@@ -66,10 +65,14 @@ def _host_masks() -> bool:
     return keras.config.backend() != "tensorflow"
 
 
+_WRITE_BACK_BACKENDS = ("tensorflow", "torch")
+
+
 def _writes_back(layer, weight) -> bool:
-    """Whether the forward pass keeps ``weight`` masked (TensorFlow, no autocast); else
-    its constraint does."""
-    return keras.config.backend() == "tensorflow" and layer.compute_dtype == weight.dtype
+    """Whether the forward pass keeps ``weight`` masked (TensorFlow or PyTorch, no
+    autocast); else its constraint does."""
+    return (keras.config.backend() in _WRITE_BACK_BACKENDS
+            and layer.compute_dtype == weight.dtype)
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
@@ -172,7 +175,7 @@ class MaskedLayer(keras.layers.Wrapper):
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:
             kwargs["training"] = training
-        write = bool(training) and keras.config.backend() == "tensorflow"
+        write = bool(training) and keras.config.backend() in _WRITE_BACK_BACKENDS
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self._pairs):
