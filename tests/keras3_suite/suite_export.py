@@ -85,3 +85,14 @@ def test_export_refuses_tf_keras_only_options(tmp_path):
     with pytest.raises(ValueError, match="not available for Keras 3 models"):
         tfl.export(_trained_sparse(), tmp_path / "e", compact=True, verbose=False)
     assert not os.path.exists(tmp_path / "e")
+
+
+def test_export_cli_loads_a_keras3_file(tmp_path):
+    from tf_lottery.export import cli
+    sparse = _trained_sparse()
+    path = str(tmp_path / "sparse.keras")
+    sparse.save(path)
+    loaded = cli.load_checkpoint(path)
+    assert isinstance(loaded, keras.Model)
+    for key, mask in tfl.get_masks(sparse).items():
+        np.testing.assert_array_equal(tfl.get_masks(loaded)[key], mask)
