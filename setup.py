@@ -31,6 +31,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "jax"],  # jax: the Keras 3 suite also runs on KERAS_BACKEND=jax
         "jax": ["jax"],
+        "torch": ["torch"],  # KERAS_BACKEND=torch (the README's Keras 3 section: what works)
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
     license="Apache-2.0",

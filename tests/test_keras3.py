@@ -1,6 +1,10 @@
-"""The Keras 3 behavioural suite (tests/keras3_suite/suite_*.py) on each backend: every
-suite file and backend in its own process (the backend is fixed per process, and this
-process runs tf_keras)."""
+"""The Keras 3 behavioural suite (tests/keras3_suite/) on each backend (TensorFlow, JAX, and
+PyTorch where torch is installed), each file in its own process: the backend is fixed per
+process, and this process runs tf_keras.
+
+suite_distributed.py runs without conftest.py (it sets up 2 logical TensorFlow CPUs, which
+must happen before anything starts TensorFlow) and, on JAX, with 2 host devices."""
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -9,7 +13,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SUITES = sorted((ROOT / "tests" / "keras3_suite").glob("suite_*.py"))
+SUITES = sorted(p.name for p in (ROOT / "tests" / "keras3_suite").glob("suite_*.py"))
+TORCH_SUITES = ("suite_core.py", "suite_export.py")  # what the PyTorch backend is run on
 
 
 def _env(**extra):
@@ -20,12 +25,26 @@ def _env(**extra):
     return env
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-@pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
+CASES = [(suite, backend) for suite in SUITES for backend in ("tensorflow", "jax")] + [
+    # PyTorch is optional (not a dependency): run where it is installed; no data-parallel
+    # test there (see the README's Keras 3 section)
+    pytest.param(suite, "torch", marks=pytest.mark.skipif(
+        importlib.util.find_spec("torch") is None, reason="torch is not installed"))
+    for suite in TORCH_SUITES]
+
+
+@pytest.mark.parametrize("suite,backend", CASES)
 def test_keras3_suite(suite, backend):
+    env = _env(KERAS_BACKEND=backend)
+    options = []
+    if suite == "suite_distributed.py":
+        options = ["--noconftest"]
+        if backend == "jax":
+            env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""),
+                                         "--xla_force_host_platform_device_count=2"]).strip()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(suite)], env=_env(KERAS_BACKEND=backend), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                           *options, str(ROOT / "tests" / "keras3_suite" / suite)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout and "failed" not in done.stdout
 

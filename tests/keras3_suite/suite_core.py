@@ -308,3 +308,26 @@ def test_magnitude_and_global_masks_keep_largest_weights():
         np.testing.assert_array_equal(mask, expected[key])
     with pytest.raises(ValueError, match="mask_init='magnitude'"):
         tfl.sparsify(model, 0.5, "global")
+
+
+def test_set_masks_through_a_loss_scale_optimizer():
+    x, y = data()
+    sparse = tfl.sparsify(mlp(), 0.5, "uniform", seed=0)
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01))
+    sparse.compile(scaled, "mse")
+    sparse.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    rng = np.random.default_rng(3)
+    new = {k: selection.random_mask(m.shape, 0.8, rng) for k, m in tfl.get_masks(sparse).items()}
+    tfl.set_masks(sparse, new, optimizer=scaled)  # the same optimizer twice: reset once
+    assert_masked_zero(sparse)
+    for layer in tfl.masked_layers(sparse):
+        for weight, mask in layer.masked_weights:
+            slots, fills = tfl.keras3.state.slots_of(tfl.keras3.state.live_optimizers(
+                None, scaled), weight)
+            assert len(slots) == 2 and fills == [0.0, 0.0]  # Adam's moments, in the inner one
+            off = _np(mask) == 0
+            for slot in slots:
+                assert np.count_nonzero(_np(slot)[off]) == 0
+                assert np.count_nonzero(_np(slot)[~off]) > 0  # kept entries keep their state
+    sparse.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert_masked_zero(sparse)

@@ -162,8 +162,11 @@ def export(model, path, overwrite: bool = False, sample=None,
            batch_size: int = 1) -> ExportReport:
     """Writes ``model`` (sparsified or plain) as a plain SavedModel, TFLite models and reports.
 
+    A Keras 3 model goes through Keras 3's own ``model.export`` (TensorFlow and JAX
+    backends; ``tf_lottery.export.keras3``) with the same checks and report.
+
     Args:
-      model: a built tf_keras model, usually from ``tfl.sparsify`` (Sequential or
+      model: a built tf_keras or Keras 3 model, usually from ``tfl.sparsify`` (Sequential or
         functional when it has MaskedLayers, since they are stripped). A model without
         masks is exported dense with a warning.
       path: the folder to create; must not exist unless ``overwrite``.
@@ -203,8 +206,10 @@ def export(model, path, overwrite: bool = False, sample=None,
     Returns:
       The report (an ``ExportReport`` dict, also saved as ``export_report.json``).
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a tf_keras Model, got {type(model).__name__}")
+    from tf_lottery.dispatch import is_keras3
+    keras3 = is_keras3(model)
+    if not keras3 and not isinstance(model, keras.Model):
+        raise TypeError(f"expected a tf_keras or Keras 3 Model, got {type(model).__name__}")
     if not _io.is_local(os.fspath(path)):
         return _export_remote(model, os.fspath(path), overwrite, verbose,
                               dict(sample=sample, provenance=provenance, tflite=tflite,
@@ -212,6 +217,13 @@ def export(model, path, overwrite: bool = False, sample=None,
                                    latency_runs=latency_runs, num_threads=num_threads,
                                    compact=compact, condense=condense,
                                    batch_size=batch_size))
+    if keras3:
+        from tf_lottery.export import keras3 as _keras3
+        return _keras3.export(model, path, overwrite, sample, provenance, tflite,
+                              input_shape=input_shape, verify=verify, atol=atol,
+                              latency_runs=latency_runs, num_threads=num_threads,
+                              verbose=verbose, compact=compact, condense=condense,
+                              batch_size=batch_size)
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to "

@@ -7,7 +7,9 @@ Two sources, one of them:
   finetune|lr_rewind`` (default: the run's main line), or a sparse-training run's model;
   written to ``RUN/export/level_<N>_<kind>`` (IMP) or ``RUN/export`` unless ``--output_dir``;
 - ``--checkpoint=PATH``: a tf_keras model saved with ``model.save`` (SavedModel folder,
-  .keras or .h5), usually a masked model; ``--output_dir`` is required.
+  .keras or .h5), or a Keras 3 ``.keras`` file (exported through Keras 3's
+  ``model.export`` on the process's ``KERAS_BACKEND``), usually a masked model;
+  ``--output_dir`` is required.
 
 The output folder must not exist unless ``--overwrite``. Writes saved_model/,
 model_dense.tflite, model_sparse.tflite, sparsity.json and export_report.json (see
@@ -64,13 +66,33 @@ def define_flags(flag_values=flags.FLAGS) -> None:
             define(name, default, help_text, flag_values=flag_values)
 
 
+def _keras3_file(local: str) -> bool:
+    """Whether ``local`` is a ``.keras`` file written by Keras 3 (its metadata.json says)."""
+    import json
+    import zipfile
+    if not zipfile.is_zipfile(local):
+        return False
+    with zipfile.ZipFile(local) as archive:
+        if "metadata.json" not in archive.namelist():
+            return False
+        version = str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+    return version.startswith("3.")
+
+
 def load_checkpoint(path: str):
-    """The tf_keras model saved at ``path``, MaskedLayers included."""
+    """The model saved at ``path``, MaskedLayers included: tf_keras, or Keras 3 for a
+    ``.keras`` file Keras 3 wrote (loaded on the process's KERAS_BACKEND)."""
     import tf_lottery as tfl
     from tf_lottery import _io
     from tf_lottery._keras import keras
     if not _io.gfile.exists(path):
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
+    if not _io.gfile.isdir(path) and path.endswith(".keras"):
+        with _io.local_copy(path) as local:
+            if _keras3_file(local):
+                import keras as keras3
+                import tf_lottery.keras3  # noqa: F401  (registers MaskedLayer with Keras 3)
+                return keras3.saving.load_model(local, compile=False)
     if _io.gfile.isdir(path):  # a SavedModel: TensorFlow reads it from any gfile path
         return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)
     with _io.local_copy(path) as local:  # h5py reads local files only

@@ -58,13 +58,15 @@ def _spatial(shape, data_format) -> Optional[List[int]]:
     return [int(d) for d in dims]
 
 
-def layer_madds(layer, input_shape, output_shape) -> Optional[List[Tuple[object, int]]]:
-    """[(kernel variable, multiply-adds per example)] of one call of ``layer``.
+def layer_madds(layer, input_shape, output_shape, layers=None
+                ) -> Optional[List[Tuple[object, int]]]:
+    """[(kernel variable, multiply-adds per example)] of one call of ``layer``
+    (``layers``: the Keras layers module it comes from, tf_keras's by default).
 
     None when the layer type is not counted or a needed dimension is unknown; [] for a
     layer without multiply-adds.
     """
-    L = keras.layers
+    L = layers or keras.layers
     fmt = getattr(layer, "data_format", "channels_last")
     if isinstance(layer, L.Dense):
         dims = list(output_shape[1:-1])
@@ -124,20 +126,36 @@ def _calls(model):
             yield layer, node.input_shapes, node.output_shapes
 
 
-def flops(model) -> Dict[str, object]:
+def keras3_calls(model):
+    """(layer, input_shape, output_shape) of every layer of a Keras 3 functional ``model``
+    (nested models expanded; shapes None where the layer has no single call)."""
+    for layer in model.layers:
+        if hasattr(layer, "layers") and hasattr(layer, "_nodes_by_depth"):
+            yield from keras3_calls(layer)
+            continue
+        try:
+            yield layer, layer.input.shape, layer.output.shape
+        except (AttributeError, ValueError, RuntimeError):
+            yield layer, None, None
+
+
+def flops(model, calls=None, layers=None) -> Dict[str, object]:
     """Dense and sparse multiply-adds per example of ``model`` (plain or stripped).
+
+    ``calls`` and ``layers`` (a Keras 3 model: ``keras3_calls(model)``, ``keras.layers``)
+    default to tf_keras's.
 
     Returns {"unit", "dense", "sparse", "ratio" (dense / sparse), "layers": [{"layer",
     "weight", "dense", "sparse", "density"}], "not_counted": [layer names]}.
     """
     rows, not_counted = [], []
-    for layer, input_shape, output_shape in _calls(model):
+    for layer, input_shape, output_shape in (_calls(model) if calls is None else calls):
         if not layer.weights:
             continue
         counted = None
         if output_shape is not None:
             try:
-                counted = layer_madds(layer, input_shape, output_shape)
+                counted = layer_madds(layer, input_shape, output_shape, layers)
             except (TypeError, IndexError, ValueError):
                 counted = None
         if counted is None:

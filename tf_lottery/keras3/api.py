@@ -198,11 +198,11 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     optimizer's and ``optimizer``'s, one or a list, EMA copies included)."""
     sync(model)
     updates = plan.mask_updates(_masked_units(model), masked_layers(model), masks)
-    optimizers = state.live_optimizers(model, optimizer)
+    table = state.SlotTable(state.live_optimizers(model, optimizer))
     for layer, values in updates:  # check every layer's masks before changing any
         layer.check_masks(values)
     for layer, values in updates:
-        layer.set_masks(values, optimizers)
+        layer.set_masks(values, table)
     _retrace(model)
 
 

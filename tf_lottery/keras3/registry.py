@@ -10,6 +10,9 @@ as in tfmot):
 - Embedding: ``embeddings``;
 - MultiHeadAttention: the kernels of its query, key, value and output projections;
 - SimpleRNN, GRU, LSTM: the cell's ``kernel`` and ``recurrent_kernel``.
+
+BatchNormalization and LayerNormalization have trainable weights but nothing to prune
+(as in tfmot's registry): they stay dense without being listed in ``dense_layers``.
 """
 import abc
 from typing import List, Optional, Tuple
@@ -27,6 +30,7 @@ _BY_NAME = {
 }
 _MHA_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 _RNNS = (_L.SimpleRNN, _L.GRU, _L.LSTM)
+_NOTHING_TO_PRUNE = (_L.BatchNormalization, _L.LayerNormalization)
 
 
 class PrunableLayer(abc.ABC):
@@ -70,6 +74,8 @@ def prunable_weights(layer) -> Optional[List[keras.Variable]]:
         return out
     if kind in _RNNS:
         return [v for v in _own_variables(layer.cell) if v.name in ("kernel", "recurrent_kernel")]
+    if kind in _NOTHING_TO_PRUNE:
+        return []
     return None
 
 
@@ -78,7 +84,9 @@ def find_owner(layer, weight) -> Tuple[object, str]:
     stack = [(layer, 0)]
     while stack:
         owner, depth = stack.pop(0)
-        for attr, value in vars(owner).items():
+        # on the PyTorch backend layers are torch Modules, which keep sublayers in _modules
+        for attr, value in list(vars(owner).items()) + list(
+                (getattr(owner, "_modules", None) or {}).items()):
             if value is weight:
                 return owner, attr
             if isinstance(value, keras.layers.Layer) and depth < 3:

@@ -58,30 +58,52 @@ def _slot_lists(optimizer):
     return lists
 
 
-def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
-    """``(state variables, reset values)`` of ``variable`` in every built optimizer tracking it.
+class SlotTable:
+    """The per-weight state of built ``optimizers``, found once: ``of(variable)`` gives
+    ``(state variables, reset values)`` of a weight without rescanning the optimizers'
+    attributes (a mask write over many weights builds one table).
 
     EMA copies (``use_ema=True``) reset to 0, Adagrad's / Ftrl's accumulators to
     ``initial_accumulator_value``, everything else to 0.
     """
-    slots, fills = [], []
-    for optimizer in optimizers:
-        if not optimizer.built or id(variable) not in {id(v) for v in
-                                                        optimizer._trainable_variables}:
-            continue
-        index = optimizer._get_variable_index(variable)
-        for name, values in _slot_lists(optimizer).items():
-            slot = values[index]
-            if slot is None:
+
+    def __init__(self, optimizers):
+        self._entries = {}
+        for optimizer in optimizers:
+            if not optimizer.built:
                 continue
-            if tuple(slot.shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"optimizer {type(optimizer).__name__} keeps state {name!r} of shape "
-                    f"{tuple(slot.shape)} for weight {variable.path} of shape "
-                    f"{tuple(variable.shape)}; it cannot be reset entry by entry")
-            slots.append(slot)
-            fills.append(state_plan.initial_value(optimizer, name))
-    return slots, fills
+            lists = _slot_lists(optimizer)
+            fills = {name: state_plan.initial_value(optimizer, name) for name in lists}
+            # the index every built-in update_step uses (optimizer._get_variable_index)
+            for index, variable in enumerate(optimizer._trainable_variables):
+                slots, values, bad = self._entries.setdefault(id(variable), ([], [], []))
+                for name, per_weight in lists.items():
+                    slot = per_weight[index]
+                    if slot is None:
+                        continue
+                    if tuple(slot.shape) != tuple(variable.shape):
+                        bad.append(
+                            f"optimizer {type(optimizer).__name__} keeps state {name!r} of "
+                            f"shape {tuple(slot.shape)} for weight {variable.path} of shape "
+                            f"{tuple(variable.shape)}; it cannot be reset entry by entry")
+                        continue
+                    slots.append(slot)
+                    values.append(fills[name])
+
+    def of(self, variable) -> Tuple[List[keras.Variable], List[float]]:
+        """``(state variables, reset values)`` of ``variable``; ValueError if some state of
+        it is not shaped like it (a factored optimizer)."""
+        slots, values, bad = self._entries.get(id(variable), ([], [], []))
+        if bad:
+            raise ValueError(bad[0])
+        return list(slots), list(values)
+
+
+def slots_of(optimizers, variable) -> Tuple[List[keras.Variable], List[float]]:
+    """``(state variables, reset values)`` of ``variable`` in every built optimizer of
+    ``optimizers`` (a list, or a ``SlotTable``) tracking it; see ``SlotTable``."""
+    table = optimizers if isinstance(optimizers, SlotTable) else SlotTable(optimizers)
+    return table.of(variable)
 
 
 def mask_change(weight, old_mask, new_mask, slots: Sequence = (), fills: Sequence[float] = ()):

@@ -9,15 +9,21 @@ exactly 0 wherever a user looks.
   are right even after an outside write (``load_weights``, ``kernel.assign``) and the
   loss gradient of a masked entry is exactly 0. Reading ``variable.value`` honours
   Keras' ``StatelessScope``, so this works inside JAX's stateless training step too.
-- On the TensorFlow backend a training-mode forward pass also writes ``weight * mask``
-  back into the variable (before the optimizer runs). On JAX a layer's call cannot write
-  a trainable variable (the stateless step keeps only non-trainable writes).
-- On every backend each masked variable gets a ``constraint`` that multiplies by the
-  mask (composed with the layer's own constraint): Keras 3 optimizers apply it after
-  each update, so an outside write is undone by the next optimizer step. On JAX the
-  constraint uses a host copy of the mask baked in when the step is traced:
-  ``tfl.set_masks`` drops the model's compiled train function so that the next ``fit``
-  retraces it (a custom JAX loop must re-jit after a mask change).
+- After a training step no masked entry may be left non-zero by an outside write, and
+  an optimizer must never see one (an EMA copy would keep it: ``use_ema`` writes the
+  averages back at the end of ``fit``). One write per masked weight and step does it:
+
+  - TensorFlow and PyTorch: a training-mode forward pass writes the ``weight * mask`` it
+    computed back into the variable, before the optimizer runs (as the tf_keras path does);
+  - JAX (and a weight computed in another dtype, mixed precision): each masked variable gets a ``constraint`` that multiplies by the mask
+    (composed with the layer's own constraint), which Keras 3 optimizers apply after
+    each update (a JAX layer call cannot write a trainable variable). On JAX the
+    constraint uses a host copy of the mask baked in when the step is traced:
+    ``tfl.set_masks`` drops the model's compiled train function so that the next ``fit``
+    retraces it (a custom JAX loop must re-jit after a mask change).
+
+  Doing both would repeat the same multiply every step (``benchmarks/
+  keras3_step_overhead.py``).
 - Every mask change goes through ``state.assign_mask``, which also resets the optimizer
   state of the entries turned off or on (EMA copies included).
 """
@@ -60,6 +66,16 @@ class _MaskConstraint:
 
 def _host_masks() -> bool:
     return keras.config.backend() != "tensorflow"
+
+
+_WRITE_BACK_BACKENDS = ("tensorflow", "torch")
+
+
+def _writes_back(layer, weight) -> bool:
+    """Whether the forward pass keeps ``weight`` masked (TensorFlow or PyTorch, no
+    autocast); else its constraint does."""
+    return (keras.config.backend() in _WRITE_BACK_BACKENDS
+            and layer.compute_dtype == weight.dtype)
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
@@ -113,11 +129,11 @@ class MaskedLayer(keras.layers.Wrapper):
             mask = self.add_weight(name=name + "_mask", shape=tuple(weight.shape),
                                    dtype="float32", initializer="ones", trainable=False,
                                    aggregation="only_first_replica")
-            original = weight.constraint
-            if isinstance(original, _MaskConstraint):
-                original = original.original
-            weight.constraint = _MaskConstraint(mask, original)
-            self._sync_host(weight)
+            if isinstance(weight.constraint, _MaskConstraint):
+                weight.constraint = weight.constraint.original
+            if not _writes_back(self.layer, weight):
+                weight.constraint = _MaskConstraint(mask, weight.constraint)
+                self._sync_host(weight)
             pairs.append((weight, mask))
             owners.append((owner, attr))
             names.append(name)
@@ -183,13 +199,13 @@ class MaskedLayer(keras.layers.Wrapper):
             kwargs["training"] = training
         if self._dense_gradients:
             return self.layer.call(*args, **kwargs)
-        write = bool(training) and keras.config.backend() == "tensorflow"
+        write = bool(training) and keras.config.backend() in _WRITE_BACK_BACKENDS
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self._pairs):
                 value = weight.value
                 masked = value * ops.cast(mask.value, value.dtype)
-                if write and value.dtype == weight.dtype:
+                if write and not isinstance(weight.constraint, _MaskConstraint):
                     weight.assign(masked)
                 originals.append((owner, attr, getattr(owner, attr)))
                 object.__setattr__(owner, attr, masked)
@@ -218,12 +234,14 @@ class MaskedLayer(keras.layers.Wrapper):
         Entries turned off become 0, and so does their state in each built optimizer of
         ``optimizers`` that tracks the weight (slots get their initial value, EMA copies 0);
         entries turned on start at 0 with fresh state. ``tfl.set_masks`` passes the
-        model's compiled optimizer; pass a custom loop's optimizer here.
+        model's compiled optimizer; pass a custom loop's optimizer here (one, a list, or a
+        ``state.SlotTable`` of them).
         """
         values = self.check_masks(masks)
-        optimizers = state.live_optimizers(None, optimizers)
+        if not isinstance(optimizers, state.SlotTable):
+            optimizers = state.SlotTable(state.live_optimizers(None, optimizers))
         for (weight, mask), value in zip(self._pairs, values):
-            slots, fills = state.slots_of(optimizers, weight)
+            slots, fills = optimizers.of(weight)
             state.assign_mask(weight, mask, value, slots, fills)
             self._sync_host(weight, value)
 
