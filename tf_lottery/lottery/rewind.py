@@ -118,7 +118,10 @@ class RewindCheckpoint(keras.callbacks.Callback):
             self._take(self._current)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._current += 1  # one optimizer step per batch (read without a JAX state sync)
+        if is_keras3(self.model):  # counted, not read: JAX's state needs no sync per batch
+            self._current += int(getattr(self.model, "steps_per_execution", 1) or 1)
+        else:  # a tf_keras call may run several steps (steps_per_execution)
+            self._current = int(self.model.optimizer.iterations.numpy())
         if self.values is None and self._current >= self._target:
             self._take(self._current)
 
