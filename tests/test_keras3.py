@@ -18,7 +18,7 @@ def test_keras3_suite(backend, suite):
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("TF_USE_LEGACY_KERAS", None)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(SUITE_DIR / suite)], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                           str(SUITE_DIR / suite)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout and "failed" not in done.stdout
