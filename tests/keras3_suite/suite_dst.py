@@ -246,7 +246,9 @@ def test_gmp_reaches_its_target_and_schedule_matches_tfmot():
         assert int(np.sum(masks[key] == 0)) == selection.count_zeros(size, 0.75), key
     assert callback.history[-1]["step"] == 8
     assert callback.history[-1]["target_sparsity"] == pytest.approx(0.75)
-    assert not _np(tfl.get_weights(model)["d1/kernel"])[masks["d1/kernel"] == 0].any()
+    for key, (weight, slots) in _masked_state(model, model.optimizer).items():
+        assert not weight[masks[key] == 0].any(), key  # the raw variables
+        assert not any(slot[masks[key] == 0].any() for slot in slots), key
 
 
 def test_static_sparse_keeps_masks():
