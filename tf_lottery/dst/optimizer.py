@@ -47,9 +47,9 @@ class SparseOptimizer(tf.__internal__.tracking.DelegatingTrackableMixin,
     Args:
       optimizer: a tf_keras optimizer (``keras.optimizers.*`` or ``.legacy.*``; not a
         ``LossScaleOptimizer``). Its slots are reset for dropped and grown weights.
-      model: the built model whose ``MaskedLayer``s it updates (a Keras 3 model gives a
-        ``tf_lottery.keras3.SparseOptimizer``, the same wrapper for Keras 3 optimizers) (from ``tfl.sparsify``, or a
-        subclassed model holding ``tfl.MaskedLayer(layer)`` attributes).
+      model: the built model whose ``MaskedLayer``s it updates (from ``tfl.sparsify``, or a
+        subclassed model holding ``tfl.MaskedLayer(layer)`` attributes). A Keras 3 model
+        gives a ``tf_lottery.keras3.SparseOptimizer`` instead (for Keras 3 optimizers).
       method: ``tfl.RigL``, ``tfl.SET``, ``tfl.SNFS``, ``tfl.StaticSparse`` or
         ``tfl.GradualMagnitudePruning``, configured as for ``fit``; without fit's
         ``epochs * steps``, RigL-style methods need ``end_step=`` or ``total_steps=``.
