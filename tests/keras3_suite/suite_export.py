@@ -96,3 +96,21 @@ def test_export_cli_loads_a_keras3_file(tmp_path):
     assert isinstance(loaded, keras.Model)
     for key, mask in tfl.get_masks(sparse).items():
         np.testing.assert_array_equal(tfl.get_masks(loaded)[key], mask)
+
+
+def test_export_two_inputs_and_named_outputs(tmp_path):
+    keras.utils.set_random_seed(1)
+    a, b = keras.Input((5,), name="a"), keras.Input((3,), name="b")
+    joined = L.Concatenate()([L.Dense(6, name="da")(a), b])
+    model = keras.Model([a, b], {"score": L.Dense(1, name="s")(joined),
+                                 "logits": L.Dense(2, name="l")(joined)})
+    sparse = tfl.sparsify(model, 0.5, "uniform", seed=0)
+    if BACKEND == "torch":  # no SavedModel export on PyTorch (see the first test)
+        with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow or jax"):
+            tfl.export(sparse, tmp_path / "e", tflite=False, verbose=False)
+        return
+    report = tfl.export(sparse, tmp_path / "e", tflite=False, verbose=False)
+    assert report["signature"]["inputs"] == ["a", "b"]
+    assert sorted(report["signature"]["outputs"]) == ["logits", "score"]
+    assert report["verification"]["max_abs_diff"] <= 1e-5
+    assert report["verification"]["masked_weights_checked"] == 3

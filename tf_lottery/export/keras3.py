@@ -61,6 +61,21 @@ def _mask_index(plain, model):
     return {i: by_id[id(v)] for i, v in enumerate(plain.variables) if id(v) in by_id}
 
 
+def _output_names(sm_dir, count):
+    """The serving signature's output names in the model's flat output order: Keras names
+    them ``output_<i>``, or by key for a dict of outputs (flattened in sorted key order)."""
+    import tensorflow as tf
+    signature = tf.saved_model.load(sm_dir).signatures[_saved_model.SIGNATURE_KEY]
+    keys = sorted(signature.structured_outputs)
+    indexed = [f"output_{i}" for i in range(count)]
+    if set(keys) == set(indexed):
+        return indexed
+    if len(keys) != count:
+        raise _saved_model.VerificationError(
+            f"the SavedModel's signature has outputs {keys}, the model {count} outputs")
+    return keys
+
+
 def litert_unavailable(backend: str):
     """Why LiteRT files cannot be written on ``backend`` (None when they can)."""
     if backend in LITERT_BACKENDS:
@@ -106,7 +121,6 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
     except ValueError:  # no prunable layer at all
         rows = []
     layers, total = list(rows[:-1]), (dict(rows[-1]) if rows else None)
-    names = [f"output_{i}" for i in range(len(reference))]  # Keras' signature names
 
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -123,6 +137,7 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
                 f"backend ({type(error).__name__}; it fails for plain models too): save the "
                 "model (model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow "
                 "or jax") from error
+        names = _output_names(sm_dir, len(reference))
         verification = None
         if verify:
             verification = _saved_model.verify(sm_dir, batch, reference, names,
