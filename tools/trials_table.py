@@ -9,7 +9,8 @@ stopped) it aggregates the levels every trial folder (``trial_<i>/``, or
 ``mode_<mode>/trial_<i>/`` for ``@imp_baselines``) has finished so far: the ``trials``
 count of a row says how many trials it holds. Cells are test accuracy in percent,
 ``mean ± std (min-max)`` over trials (sample std). ``--figure`` draws
-``tfl.plot_trials``; ``--keep`` writes the aggregate rows as JSON.
+``tfl.plot_trials``; ``--keep`` writes the aggregate rows (accuracies, early stopping and
+weights remaining) as JSON.
 """
 import argparse
 import json
@@ -17,6 +18,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+KEEP = ("remaining", "test_accuracy", "early_stop_iteration", "early_stop_test_accuracy")
 
 
 def _read(path):
@@ -93,9 +97,11 @@ def main(argv=None):
     if not complete:
         print("\n(not finished: the rows hold the levels finished so far)")
     if args.keep:
+        kept = [{k: v for k, v in r.items() if k in ("level", "kind", "trials") or
+                 k.startswith(KEEP)} for r in rows]
         with open(args.keep, "w", encoding="utf-8") as f:
             json.dump({"run_dir": os.path.basename(os.path.normpath(args.run_dir)),
-                       "complete": complete, "rows": rows}, f, indent=1)
+                       "complete": complete, "rows": kept}, f, indent=0)
             f.write("\n")
     if args.figure:
         from tf_lottery.plots import plot_trials

@@ -6,6 +6,8 @@
   (``IterativeMagnitudePruning.*`` bindings: levels, fraction, rewind_step, mode, ...);
 - ``@instability_experiment`` (``tf_lottery.training.instability_experiment``): error
   barrier against rewind point (Frankle et al. 2020);
+- ``@imp_baselines`` (``tf_lottery.training.baselines_experiment``): IMP under several
+  modes (ticket, finetune, lr_rewind), each with its trials, in one table and figure;
 - ``@sparse_training``: one training run of a model that is dense (``sparsity = 0``),
   sparse from scratch (``sparsity``, ``distribution``) with an optional mask updater
   callback (``@RigL``, ``@SET``, ``@SNFS``, ``@StaticSparse``,
