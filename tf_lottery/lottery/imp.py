@@ -177,6 +177,7 @@ class IterativeMagnitudePruning:
         self.validation_data, self.eval_every = validation_data, int(eval_every)
         self.validation_note = validation_note
         self.loss = loss  # None: the model's Keras' default, set in run()
+        self._loss_arg = loss  # the run's identity describes the default as 0.1 did
         self._evaluator = None
         self._test_evaluator = None
         self.metrics = list(metrics)
@@ -214,7 +215,9 @@ class IterativeMagnitudePruning:
         """What determines the results; a second run into the same folder must match."""
         return {
             "model_fn": _describe(self.model_fn), "optimizer_fn": _describe(self.optimizer_fn),
-            "loss": _describe(self.loss), "metrics": _describe(self.metrics),
+            "loss": _describe(self._loss_arg if self._loss_arg is not None else
+                              keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+            "metrics": _describe(self.metrics),
             "train_data": _fingerprint(self.train_data),
             "test_data": _fingerprint(self.test_data),
             "validation_data": _fingerprint(self.validation_data),
