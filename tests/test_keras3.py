@@ -84,7 +84,10 @@ def test_keras3_digits_table_is_the_one_its_runs_produced():
     section = re.search(r"<!-- keras3-digits:begin -->\n(.*?)\n<!-- keras3-digits:end -->",
                         readme, re.S).group(1)
     assert section == tool.table(runs)
+    assert not runs["keras3_jax"].get("partial")
     for name in ("keras3_tensorflow", "keras3_jax"):
+        if runs[name].get("partial"):  # a run that was still going: its levels so far
+            continue
         rows = {(r["level"], r["kind"]): r for r in runs[name]["rows"]}
         last = max(level for level, _ in rows)
         assert rows[(last, "ticket")]["remaining"] < 0.025

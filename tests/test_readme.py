@@ -181,13 +181,15 @@ def test_keras3_blocks_run_on_each_backend(backend, tmp_path):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     env.pop("TF_USE_LEGACY_KERAS", None)
+    outputs = []
     for i, block in enumerate(blocks):
         script = tmp_path / f"block{i}.py"
         script.write_text(block + (KERAS3_CHECK if i == 0 else ""), encoding="utf-8")
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                               text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
-    assert f"KERAS3_BLOCK_OK {backend}" in done.stdout
+        outputs.append(done.stdout)
+    assert f"KERAS3_BLOCK_OK {backend}" in outputs[0]
 
 
 def test_what_sparsity_buys_runs(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +24,22 @@ LABELS = {"tf_keras": "tf_keras", "keras3_tensorflow": "Keras 3 + TF",
 
 
 def _load(path):
-    with open(os.path.join(path, "summary.json"), encoding="utf-8") as f:
-        return json.load(f)
+    """A run's ``summary.json``; for a run still in progress, its finished levels (from
+    ``level_<i>/metrics.json``) with ``"partial": True``."""
+    summary = os.path.join(path, "summary.json")
+    if os.path.exists(summary):
+        with open(summary, encoding="utf-8") as f:
+            return json.load(f)
+    rows, wall, level = [], 0.0, 0
+    while os.path.exists(os.path.join(path, f"level_{level}", "metrics.json")):
+        with open(os.path.join(path, f"level_{level}", "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        rows += [{k: v for k, v in r.items() if k != "curve"} for r in metrics["kinds"]]
+        wall += metrics["kinds"][0]["wall_seconds"]
+        level += 1
+    if not rows:
+        raise SystemExit(f"{path}: no finished level")
+    return {"rows": rows, "wall_seconds": wall, "partial": True}
 
 
 def _clock(seconds):
@@ -39,8 +52,10 @@ def table(runs) -> str:
     names = list(runs)
     lines = ["| | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
              "| --- | " + " | ".join("---:" for _ in names) + " |",
-             "| wall time (h:mm:ss) | " + " | ".join(_clock(runs[n]["wall_seconds"])
-                                                    for n in names) + " |",
+             "| wall time (h:mm:ss) | " + " | ".join(
+                 _clock(runs[n]["wall_seconds"]) + (
+                     f" ({1 + max(r['level'] for r in runs[n]['rows'])} levels, in progress)"
+                     if runs[n].get("partial") else "") for n in names) + " |",
              "| fit time, all levels (s) | " + " | ".join(
                  f"{sum(r['fit_seconds'] for r in runs[n]['rows']):.0f}" for n in names) + " |"]
     out = ["\n".join(lines), ""]
@@ -48,9 +63,10 @@ def table(runs) -> str:
         f"{LABELS.get(n, n)} ticket | {LABELS.get(n, n)} reinit" for n in names) + " |"
     out += [head, "| ---: | ---: | " + " | ".join("---: | ---:" for _ in names) + " |"]
     by = {n: {(r["level"], r["kind"]): r for r in runs[n]["rows"]} for n in names}
-    levels = sorted({r["level"] for r in runs[names[0]]["rows"]})
+    levels = sorted({r["level"] for n in names for r in runs[n]["rows"]})
     for level in levels:
-        remaining = by[names[0]][(level, "ticket")]["remaining"]
+        remaining = next(by[n][(level, "ticket")]["remaining"] for n in names
+                         if (level, "ticket") in by[n])
         cells = []
         for n in names:
             ticket, reinit = by[n].get((level, "ticket")), by[n].get((level, "reinit"))
@@ -64,6 +80,7 @@ def figure(runs, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     styles = {"tf_keras": ("0.6", ":"), "keras3_tensorflow": ("C0", "-"),
@@ -77,6 +94,9 @@ def figure(runs, path) -> None:
                     [100 * r["test_accuracy"] for r in rows], color=color, linestyle=line,
                     marker=marker, markersize=4, label=f"{LABELS.get(name, name)} {kind}")
     ax.set_xscale("log")
+    ax.set_xticks([100, 50, 20, 10, 5, 2])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
@@ -108,8 +128,10 @@ def main(argv=None) -> None:
         runs[name] = _load(path)
         if args.keep_summaries:
             os.makedirs(args.keep_summaries, exist_ok=True)
-            shutil.copyfile(os.path.join(path, "summary.json"),
-                            os.path.join(args.keep_summaries, f"digits_imp_{name}.json"))
+            with open(os.path.join(args.keep_summaries, f"digits_imp_{name}.json"), "w",
+                      encoding="utf-8") as f:
+                json.dump(runs[name], f, indent=2)
+                f.write("\n")
     text = table(runs)
     print(text)
     if args.figure:
