@@ -282,32 +282,11 @@ def export(model, path, overwrite: bool = False, sample=None,
             if tflite_dir != sm_dir:
                 shutil.rmtree(tflite_dir)
                 converted["condensed"] = _condensed.convert_tflite(sm_dir, tflite_info)
-            for name, key in ((DENSE_TFLITE, "dense"), (SPARSE_TFLITE, "sparse"),
-                              (CONDENSED_TFLITE, "condensed")):
-                if converted.get(key) is not None:
-                    with open(os.path.join(tmp, name), "wb") as f:
-                        f.write(converted[key])
-                    files[name] = _report.file_sizes(os.path.join(tmp, name))
-            if converted["error"]:
-                tflite_info["error"] = converted["error"]
-                tflite_info["error_detail"] = converted["error_detail"][:4000]
-                warnings.warn(f"TFLite conversion failed; the SavedModel is written: "
-                              f"{converted['error']}", UserWarning, stacklevel=2)
-            else:
-                try:
-                    analysis = _tflite.analyze_sparse(converted["sparse"])
-                    latency = _tflite.measure_latency(
-                        {k: converted[k] for k in ("dense", "sparse", "condensed")
-                         if converted.get(k) is not None},
-                        runs=latency_runs, num_threads=num_threads,
-                        example={k: v[:1] for k, v in batch.items()},
-                        reference={n: r[:1] for n, r in zip(names, reference)})
-                    med = latency["median_ms"]
-                    latency["speedup"] = med["dense"] / med["sparse"] if med["sparse"] else None
-                except Exception as error:  # the TFLite files are written; say why no timing
-                    tflite_info["latency_error"] = f"{type(error).__name__}: {error}"[:2000]
-                    warnings.warn("TFLite models written but could not be run: "
-                                  + tflite_info["latency_error"], UserWarning, stacklevel=2)
+            latency, analysis = _tflite.write_and_time(
+                converted, tmp, {"dense": DENSE_TFLITE, "sparse": SPARSE_TFLITE,
+                                 "condensed": CONDENSED_TFLITE},
+                files, tflite_info, example=batch, reference=dict(zip(names, reference)),
+                runs=latency_runs, num_threads=num_threads)
             tflite_info["sparse_encoding"] = analysis
 
         flops = _report.flops(tflite_model)

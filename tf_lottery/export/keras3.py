@@ -151,30 +151,10 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
             warnings.warn(f"no LiteRT files: {reason}", UserWarning, stacklevel=3)
         elif tflite:
             converted = _tflite.convert_both(sm_dir)
-            for name, key in ((package.DENSE_TFLITE, "dense"), (package.SPARSE_TFLITE, "sparse")):
-                if converted.get(key) is not None:
-                    with open(os.path.join(tmp, name), "wb") as f:
-                        f.write(converted[key])
-                    files[name] = _report.file_sizes(os.path.join(tmp, name))
-            if converted["error"]:
-                tflite_info["error"] = converted["error"]
-                tflite_info["error_detail"] = converted["error_detail"][:4000]
-                warnings.warn(f"TFLite conversion failed; the SavedModel is written: "
-                              f"{converted['error']}", UserWarning, stacklevel=3)
-            else:
-                try:
-                    analysis = _tflite.analyze_sparse(converted["sparse"])
-                    latency = _tflite.measure_latency(
-                        {k: converted[k] for k in ("dense", "sparse")},
-                        runs=latency_runs, num_threads=num_threads,
-                        example={k: v[:1] for k, v in batch.items()},
-                        reference={n: r[:1] for n, r in zip(names, reference)})
-                    med = latency["median_ms"]
-                    latency["speedup"] = med["dense"] / med["sparse"] if med["sparse"] else None
-                except Exception as error:  # the files are written; say why no timing
-                    tflite_info["latency_error"] = f"{type(error).__name__}: {error}"[:2000]
-                    warnings.warn("TFLite models written but could not be run: "
-                                  + tflite_info["latency_error"], UserWarning, stacklevel=3)
+            latency, analysis = _tflite.write_and_time(
+                converted, tmp, {"dense": package.DENSE_TFLITE, "sparse": package.SPARSE_TFLITE},
+                files, tflite_info, example=batch, reference=dict(zip(names, reference)),
+                runs=latency_runs, num_threads=num_threads, stacklevel=4)
             tflite_info["sparse_encoding"] = analysis
         size_ratio = {}
         if package.DENSE_TFLITE in files and package.SPARSE_TFLITE in files:

@@ -21,6 +21,7 @@ The latency is measured in this process with the LiteRT interpreter
 interpreters are built first, then invoked round-robin, so drifts of the machine hit
 them alike, and the median per model is reported.
 """
+import os
 import platform
 import time
 import warnings
@@ -299,3 +300,45 @@ def speed_note(analysis: Optional[Mapping[str, object]],
 
 __all__: Sequence[str] = ("convert", "convert_both", "measure_latency", "analyze_sparse",
                           "host_allows_xnnpack_sparse", "speed_note", "interpreter_class")
+
+
+def write_and_time(converted: Mapping[str, object], folder: str, filenames: Mapping[str, str],
+                   files: Dict[str, dict], info: Dict[str, object], *, example, reference,
+                   runs: int, num_threads: int, stacklevel: int = 3):
+    """Writes the models ``convert_both`` returned and times them: the one LiteRT step of
+    every export.
+
+    Each ``converted[key]`` (bytes) is written to ``folder/filenames[key]`` and its sizes
+    recorded in ``files``; a conversion error goes to ``info`` (and a warning). Otherwise
+    the written models are timed (``measure_latency`` on the first example of ``example``,
+    outputs checked against ``reference``) and the sparse one's encoding analysed.
+    Returns ``(latency, analysis)``, each None when not measured.
+    """
+    from tf_lottery.export.report import file_sizes
+
+    for key, name in filenames.items():
+        if converted.get(key) is not None:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(converted[key])
+            files[name] = file_sizes(os.path.join(folder, name))
+    if converted["error"]:
+        info["error"] = converted["error"]
+        info["error_detail"] = converted["error_detail"][:4000]
+        warnings.warn(f"TFLite conversion failed; the SavedModel is written: "
+                      f"{converted['error']}", UserWarning, stacklevel=stacklevel)
+        return None, None
+    latency = analysis = None
+    try:
+        analysis = analyze_sparse(converted["sparse"])
+        latency = measure_latency(
+            {k: converted[k] for k in filenames if converted.get(k) is not None},
+            runs=runs, num_threads=num_threads,
+            example={k: v[:1] for k, v in example.items()},
+            reference={n: r[:1] for n, r in reference.items()})
+        med = latency["median_ms"]
+        latency["speedup"] = med["dense"] / med["sparse"] if med["sparse"] else None
+    except Exception as error:  # the files are written; say why there is no timing
+        info["latency_error"] = f"{type(error).__name__}: {error}"[:2000]
+        warnings.warn("TFLite models written but could not be run: " + info["latency_error"],
+                      UserWarning, stacklevel=stacklevel)
+    return latency, analysis
