@@ -27,7 +27,8 @@ from tf_lottery.masking.units import units
 
 PAI = ("pai_snip", "pai_grasp", "pai_synflow", "pai_random")
 CONTROLS = ("reinit", "random_mask") + PAI
-# added to the level's seed offset so that each kind draws its own data order
+# added to the level's seed offset so that each kind draws its own random numbers (dropout,
+# initialisers); the data order is one per run (its seed), the same for every level and kind
 SEED_OFFSETS = {"reinit": 1, "random_mask": 2, "pai_snip": 3, "pai_grasp": 4,
                 "pai_synflow": 5, "pai_random": 6}
 

@@ -120,7 +120,9 @@ class IterativeMagnitudePruning:
       rewind_step: k, as iterations (int, ``"500it"``) or epochs (``"1ep"``).
       controls: any of ``"reinit"``, ``"random_mask"`` (ticket mode only).
       mode: ``"ticket"``, ``"finetune"`` or ``"lr_rewind"``.
-      seed: seeds the initialisation, data order and random masks of every level.
+      seed: seeds the initialisation, data order and random masks of every level. The data
+        order (a new permutation per pass over array data) is the same for every level and
+        kind of one run, as open_lth keeps one data order per replicate; trials differ in it.
       output_dir: where results go (see ``tf_lottery.lottery.results``), local or on any
         ``tf.io.gfile`` filesystem (``gs://bucket/run``); every level and kind can be
         exported from it with ``tf-lottery export --run_dir``. None keeps nothing on disk
