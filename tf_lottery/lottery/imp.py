@@ -311,10 +311,11 @@ class IterativeMagnitudePruning:
             data = (tf.data.Dataset.from_tensor_slices((x, y))
                     .shuffle(len(x), seed=self.seed, reshuffle_each_iteration=True)
                     .batch(int(self.batch_size)).prefetch(tf.data.AUTOTUNE))
+        args = {"x": data.repeat(), "shuffle": False}  # shuffled above; Keras 3 warns otherwise
         if self.verbose >= 2 or self.callbacks:
-            return {"x": data.repeat(), "steps_per_epoch": self.steps_per_epoch,
-                    "epochs": int(math.ceil(iterations / self.steps_per_epoch))}
-        return {"x": data.repeat(), "steps_per_epoch": iterations, "epochs": 1}
+            return dict(args, steps_per_epoch=self.steps_per_epoch,
+                        epochs=int(math.ceil(iterations / self.steps_per_epoch)))
+        return dict(args, steps_per_epoch=iterations, epochs=1)
 
     def _train(self, model, start: int, level: int, kind: str, extra_callbacks=(),
                stops=()) -> dict:
