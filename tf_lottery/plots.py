@@ -42,10 +42,7 @@ def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitud
 
     figure = Figure(figsize=(6.4, 4.2), dpi=120)
     axes = figure.add_subplot(1, 1, 1)
-    kinds = []
-    for row in rows:
-        if row["kind"] not in kinds:
-            kinds.append(row["kind"])
+    kinds = _kinds(rows)
     dense = [r["test_accuracy"] for r in rows if r.get("level") == 0]
     for kind in kinds:
         points = sorted(((100 * r["remaining"], 100 * r["test_accuracy"]) for r in rows
@@ -65,12 +62,14 @@ def plot_accuracy_vs_remaining(rows, path: str, title: str = "Iterative magnitud
     _save_figure(figure, path)
 
 
+def first_seen(rows, key: str = "kind"):
+    """The distinct ``row[key]`` values of ``rows`` in the order they first appear (one line
+    per value in a figure)."""
+    return list(dict.fromkeys(row[key] for row in rows))
+
+
 def _kinds(rows):
-    kinds = []
-    for row in rows:
-        if row["kind"] not in kinds:
-            kinds.append(row["kind"])
-    return kinds
+    return first_seen(rows, "kind")
 
 
 def _log_remaining_axis(axes, rows) -> None:

@@ -5,7 +5,7 @@ matplotlib with the Agg backend only; the PNG is written atomically (``plots._sa
 """
 from typing import Mapping, Sequence
 
-from tf_lottery.plots import _save_figure
+from tf_lottery.plots import _save_figure, first_seen
 
 
 def plot_accuracy_vs_sparsity(summary: Sequence[Mapping], path: str,
@@ -28,10 +28,7 @@ def plot_accuracy_vs_sparsity(summary: Sequence[Mapping], path: str,
         raise ValueError("plot_accuracy_vs_sparsity: no sparse row to plot")
     figure = Figure(figsize=(6.4, 4.4), dpi=120)
     axes = figure.add_subplot(1, 1, 1)
-    methods = []
-    for row in rows:
-        if row["method"] not in methods:
-            methods.append(row["method"])
+    methods = first_seen(rows, "method")
     remaining = sorted({100.0 * (1.0 - r["sparsity"]) for r in rows}, reverse=True)
     for method in methods:
         points = sorted(((100.0 * (1.0 - r["sparsity"]), r) for r in rows

@@ -154,6 +154,23 @@ def _mask_index(plain_model, model) -> Dict[int, np.ndarray]:
     return index
 
 
+def _report_rows(report, model):
+    """``(per-layer rows, total row or None)`` of ``report(model)`` (a sparsity report)."""
+    try:
+        rows = report(model)
+    except ValueError:  # no prunable layer at all
+        rows = []
+    return list(rows[:-1]), (dict(rows[-1]) if rows else None)
+
+
+def _staging(path: str) -> str:
+    """A new hidden folder beside ``path`` where an export is written before it is moved
+    into place (one rename: a reader never sees half an export)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+
+
 def export(model, path, overwrite: bool = False, sample=None,
            provenance: Optional[Mapping[str, object]] = None, tflite: bool = True, *,
            input_shape: Optional[Sequence[int]] = None, verify: bool = True,
@@ -253,15 +270,8 @@ def export(model, path, overwrite: bool = False, sample=None,
             timings=whole_model)
         condensed_info = {"batch_size": int(batch_size), "layers": paths}
     mask_index = _mask_index(plain, model) if masked else {}
-    try:
-        rows = sparsity_report(model)
-    except ValueError:  # no prunable layer at all
-        rows = []
-    layers, total = list(rows[:-1]), (dict(rows[-1]) if rows else None)
-
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    layers, total = _report_rows(sparsity_report, model)
+    tmp = _staging(path)
     try:
         sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
         names = _saved_model.save(plain, sm_dir, specs)

@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -116,15 +115,8 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
     reference = _flat(model(_inputs(model, batch), training=False))
     plain = api.strip(model) if masked else model
     mask_index = _mask_index(plain, model) if masked else {}
-    try:
-        rows = api.sparsity_report(model)
-    except ValueError:  # no prunable layer at all
-        rows = []
-    layers, total = list(rows[:-1]), (dict(rows[-1]) if rows else None)
-
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    layers, total = package._report_rows(api.sparsity_report, model)
+    tmp = package._staging(path)
     try:
         sm_dir = os.path.join(tmp, package.SAVED_MODEL_DIR)
         try:

@@ -12,13 +12,19 @@ import tempfile
 from tf_lottery._io import gfile, is_local
 
 
-def save_weights(model, path: str) -> None:
-    """``model.save_weights`` (Keras 3 format) into the local file ``path``."""
+def _save_local(save, path: str, name: str) -> None:
+    """``save(file)`` into a file named ``name`` (Keras 3 checks the suffix), moved to the local
+    file ``path`` (same folder: one rename)."""
     with tempfile.TemporaryDirectory(prefix="tf_lottery_", dir=os.path.dirname(path) or None) \
             as folder:
-        named = os.path.join(folder, "model.weights.h5")
-        model.save_weights(named)
+        named = os.path.join(folder, name)
+        save(named)
         os.replace(named, path)
+
+
+def save_weights(model, path: str) -> None:
+    """``model.save_weights`` (Keras 3 format) into the local file ``path``."""
+    _save_local(model.save_weights, path, "model.weights.h5")
 
 
 def load_weights(model, path: str) -> None:
@@ -37,11 +43,7 @@ def load_weights(model, path: str) -> None:
 
 def save_model(model, path: str) -> None:
     """``model.save`` in Keras 3's ``.keras`` format into the local file ``path``."""
-    with tempfile.TemporaryDirectory(prefix="tf_lottery_", dir=os.path.dirname(path) or None) \
-            as folder:
-        named = os.path.join(folder, "model.keras")
-        model.save(named)
-        os.replace(named, path)
+    _save_local(model.save, path, "model.keras")
 
 
 def load_model(path: str):
