@@ -15,8 +15,7 @@ import gin
 import numpy as np
 
 from tf_lottery._keras import keras
-from tf_lottery.dispatch import is_keras3, live, masked_layers
-from tf_lottery.masking.state import reset_optimizer
+from tf_lottery.dispatch import is_keras3, live, masked_layers, reset_optimizer
 
 Step = Union[int, str]
 
@@ -78,11 +77,7 @@ def rewind(model, values: Dict[str, np.ndarray], optimizer=None, iteration: int 
     for layer in masked_layers(model):
         layer.apply_masks()
     if optimizer is not None:
-        if is_keras3(model):
-            from tf_lottery.keras3.state import reset_optimizer as reset_keras3
-            reset_keras3(optimizer, iteration, model.trainable_variables)
-        else:
-            reset_optimizer(optimizer, iteration, model.trainable_variables)
+        reset_optimizer(optimizer, iteration, model.trainable_variables)
 
 
 @gin.configurable
