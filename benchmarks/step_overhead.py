@@ -5,8 +5,9 @@ Two shapes of work, each trained with ``model.fit`` on synthetic data (one fixed
 repeated) in three variants:
 
 - ``dense``: the plain tf_keras model;
-- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: the forward pass computes
-  with ``weight * mask`` and a training step writes it back into the variable);
+- ``ours``:  ``tfl.sparsify(model, 0.9, "erk")`` (MaskedLayer: a training step computes
+  with the raw weights, whose masked entries are 0, and masks their gradient; a write
+  from outside sets a flag that makes the next step write ``weight * mask`` back);
 - ``tfmot``: ``tfmot.sparsity.keras.prune_low_magnitude(model, ConstantSparsity(0.9, 0))``
   with the ``UpdatePruningStep`` callback (it also re-ranks weights every 100 steps).
 
@@ -26,11 +27,7 @@ rounds rather than few long ones: a slow spell on the machine then hits every va
     python benchmarks/step_overhead.py                 # default run, ~5-7 min on 2 cores
     python benchmarks/step_overhead.py --quick         # ~2-3 min
     python benchmarks/step_overhead.py --shapes lenet --rounds 40 --lenet-steps 100
-    python benchmarks/step_overhead.py --diagnose      # + "ours, no write-back" variant
-
-``--diagnose`` adds ``ours_nowrite``: the same sparsified model with its train function
-traced without the per-step write-back of ``weight * mask`` into the variable. ``ours``
-minus its time is the cost of that assignment.
+    python benchmarks/step_overhead.py --compile graph # the model.compile default only
 
 The "mask state" column is the memory of the variables each method adds: our float32
 masks; tfmot's masks plus one threshold per weight and one int64 step per wrapper.
@@ -49,7 +46,6 @@ import numpy as np  # noqa: E402
 
 import tf_lottery as tfl  # noqa: E402  (selects tf_keras; must precede other Keras imports)
 from tf_lottery._keras import keras, tf, tfmot  # noqa: E402
-from tf_lottery.masking import wrapper  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa
     collect_prunable_layers)
 
@@ -134,7 +130,7 @@ class Run:
         keras.utils.set_random_seed(seed)
         model = build()
         self.callbacks = []
-        if variant in ("ours", "ours_nowrite"):
+        if variant == "ours":
             model = tfl.sparsify(model, SPARSITY, "erk", seed=seed)
         elif variant == "tfmot":
             schedule = tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=0)
@@ -159,17 +155,7 @@ class Run:
         return time.perf_counter() - start, time.process_time() - start_cpu
 
     def warm_up(self, steps: int):
-        if self.variant == "ours_nowrite":
-            # diagnosis only: trace the train function with the per-step write-back of
-            # weight * mask switched off (a private hook; there is no public switch)
-            saved = wrapper._write_back
-            wrapper._write_back = lambda pairs: None
-            try:
-                result = self.fit(steps)
-            finally:
-                wrapper._write_back = saved
-        else:
-            result = self.fit(steps)
+        result = self.fit(steps)
         self.timer.steps.clear()
         return result
 
@@ -221,8 +207,6 @@ def main(argv=None):
                         help="comma-separated step compilations, each timed as its own case: "
                         "graph (model.compile default, TF graph executor) and xla "
                         "(model.compile(jit_compile=True)) (default: both)")
-    parser.add_argument("--diagnose", action="store_true",
-                        help="add the ours_nowrite variant (ours without the per-step write-back)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.lenet_steps, args.resnet_steps = 8, 40, 2
@@ -230,7 +214,7 @@ def main(argv=None):
     unknown = sorted(set(shapes) - set(SHAPES))
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {sorted(SHAPES)}")
-    variants = ["dense", "ours", "tfmot"] + (["ours_nowrite"] if args.diagnose else [])
+    variants = ["dense", "ours", "tfmot"]
     modes = [m.strip() for m in args.compile.split(",") if m.strip()]
     if not modes or set(modes) - {"graph", "xla"}:
         parser.error(f"--compile takes graph and/or xla, got {args.compile!r}")

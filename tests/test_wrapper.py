@@ -237,13 +237,15 @@ def test_set_masks_zeroes_weights_and_call_uses_the_mask():
         loss = tf.reduce_sum(layer(x) * np.arange(12, dtype="float32").reshape(4, 3))
     grad = tape.gradient(loss, layer.layer.kernel).numpy()
     np.testing.assert_array_equal(grad, np.arange(12).reshape(4, 3) * mask)
-    # a write behind the wrapper's back never reaches the output; the next training-mode
-    # call (or apply_masks) re-zeroes the raw variable
+    # a write behind the wrapper's back is masked as it lands
     layer.layer.kernel.assign(np.ones((4, 3)))
-    np.testing.assert_array_equal(layer(x).numpy(), mask)   # bias is 0
-    np.testing.assert_array_equal(layer.layer.kernel.numpy(), np.ones((4, 3)))
-    np.testing.assert_array_equal(layer(x, training=True).numpy(), mask)
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), mask)
+    np.testing.assert_array_equal(layer(x).numpy(), mask)   # bias is 0
+    np.testing.assert_array_equal(layer(x, training=True).numpy(), mask)
+    # an increment is not hooked: predictions stay right, apply_masks re-zeroes
+    layer.layer.kernel.assign_add(np.ones((4, 3)))
+    np.testing.assert_array_equal(layer(x).numpy(), 2 * mask)
+    np.testing.assert_array_equal(layer.layer.kernel.numpy(), 1 + mask)
     layer.layer.kernel.assign(np.ones((4, 3)))
     layer.apply_masks()
     np.testing.assert_array_equal(layer.layer.kernel.numpy(), mask)
@@ -522,3 +524,52 @@ def test_round_trip_keeps_weight_keys_for_every_layer_kind(how, tiny_data, tmp_p
     tf.train.Checkpoint(model=loaded).restore(path).assert_existing_objects_matched()
     for key, mask in tfl.get_masks(sparse).items():
         np.testing.assert_array_equal(tfl.get_masks(loaded)[key], mask)
+
+
+def _dense_pair(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(5, name="d")(inputs))
+    return tfl.sparsify(model, 0.5, seed=seed)
+
+
+@pytest.mark.parametrize("how", ["model_set_weights", "h5", "checkpoint", "mask_first"])
+def test_weight_and_mask_written_in_either_order_keep_the_written_values(tmp_path, how):
+    """Loading a sparse model's weights and masks into a model with other masks gives
+    exactly the source's masked weights: entries the new mask switches on keep the
+    written value, whichever of weight and mask lands first."""
+    source, target = _dense_pair(1), _dense_pair(2)
+    assert not np.array_equal(tfl.get_masks(source)["d/kernel"], tfl.get_masks(target)["d/kernel"])
+    if how == "model_set_weights":
+        target.set_weights(source.get_weights())
+    elif how == "h5":
+        source.save_weights(str(tmp_path / "w.h5"))
+        target.load_weights(str(tmp_path / "w.h5"))
+    elif how == "checkpoint":
+        path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+        tf.train.Checkpoint(model=target).restore(path).assert_existing_objects_matched()
+    else:
+        (s_layer,), (t_layer,) = tfl.masked_layers(source), tfl.masked_layers(target)
+        (s_kernel, s_mask), (t_kernel, t_mask) = s_layer.masked_weights[0], t_layer.masked_weights[0]
+        t_mask.assign(s_mask)
+        t_kernel.assign(s_kernel)
+    expected = tfl.get_weights(source)["d/kernel"]
+    assert np.count_nonzero(expected) > 0
+    np.testing.assert_array_equal(tfl.get_weights(target)["d/kernel"], expected)
+    (layer,) = tfl.masked_layers(target)
+    np.testing.assert_array_equal(layer.masked_weights[0][0].numpy(), expected)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_array_equal(target(x).numpy(), source(x).numpy())
+
+
+def test_a_weight_changed_after_a_write_is_not_reverted_by_a_later_mask_write():
+    model = _dense_pair(3)
+    (layer,) = tfl.masked_layers(model)
+    kernel, mask = layer.masked_weights[0]
+    kernel.assign(np.ones(kernel.shape, "float32"))      # masked as it lands
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(np.ones((4, 6), "float32"), np.zeros((4, 5), "float32"), verbose=0)
+    trained = kernel.numpy()
+    assert not np.array_equal(trained, mask.numpy())
+    mask.assign(np.ones(mask.shape, "float32"))          # switches every entry on
+    np.testing.assert_array_equal(kernel.numpy(), trained)  # no stale value comes back

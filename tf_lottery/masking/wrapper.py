@@ -9,19 +9,23 @@ tf-lottery sets them (sparsify, IMP pruning, RigL updates).
 
 Invariant ("masks are law"): every masked entry is exactly 0 wherever a user looks.
 
-- The forward pass computes with ``weight * mask``, so predictions are right even
-  right after a write from outside tf-lottery (``load_weights`` of a dense checkpoint,
-  ``Checkpoint.restore``, ``kernel.assign``), and the loss gradient of a masked entry is
-  exactly 0.
-- A training-mode forward pass also writes ``weight * mask`` back into the variable
-  (one assignment per masked weight and step, before the optimizer runs), so such a
-  write is undone by the next training step at the latest (under a multi-replica
-  ``tf.distribute`` strategy: by the next tf-lottery call or mask update).
+- A training-mode forward pass computes with the raw weight variables, whose masked
+  entries are 0, and masks their gradient: the loss gradient of a masked entry is exactly
+  0 (one elementwise pass per masked weight and step).
 - Every mask change goes through ``tf_lottery.masking.state`` / ``update.assign_mask``,
   which also reset the optimizer state (momentum, moments, accumulators, EMA copies) of
   the entries turned off or on. With zero gradient and zero state, no optimizer (SGD,
-  Adam, AdamW, Adagrad, RMSprop, Ftrl, Lion, L2 regularisers, constraints, EMA, loss
-  scaling) moves a masked entry away from 0.
+  Adam, AdamW, Adagrad, RMSprop, Ftrl, Lion, L2 regularisers, EMA, loss scaling) moves a
+  masked entry away from 0.
+- A write from outside tf-lottery (``load_weights``, ``Checkpoint.restore``,
+  ``kernel.assign``, ``set_weights``, a kernel constraint, EMA finalisation) is masked as
+  it lands (``tf_lottery.masking.guard``), whichever of a weight and its mask is written
+  first. An inference-mode forward pass computes with ``weight * mask``, so predictions
+  are right even after an increment from outside (``assign_add``), which is not hooked.
+- Inside a replica of a multi-replica ``tf.distribute`` strategy, where a layer's call
+  cannot write a mirrored variable, the training forward pass computes with
+  ``weight * mask`` (its gradient is masked by the product) and the next tf-lottery call
+  or mask update re-zeroes the variables.
 
 Dense gradients for RigL: inside ``unmasked_forward()`` (trace time), or at run time
 while a gate set with ``set_gradient_gate`` is True, the backward pass gives the dense
@@ -29,13 +33,14 @@ gradient dL/d(weight * mask) for the masked weights instead of ``upstream * mask
 caller must then mask the gradient itself before an optimizer sees it.
 """
 import contextlib
+import functools
 import inspect
 from typing import List, Tuple
 
 import numpy as np
 
 from tf_lottery._keras import keras, tf
-from tf_lottery.masking import plan, state, update
+from tf_lottery.masking import guard, plan, state, update
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude as _PruneLowMagnitude)
 
@@ -56,29 +61,19 @@ def _masked(value, mask, gate=None, dense: bool = False):
     return masked(value)
 
 
-def _float32_variable(weight):
-    """The variable that holds ``weight``'s own (float32 under mixed precision) values.
+def _gradient_masked(value, mask, gate=None, dense: bool = False):
+    """``value`` itself (its masked entries are 0), with the gradient of ``_masked``."""
+    if dense:
+        return value
 
-    tf_keras' ``AutoCastVariable`` reads as float16 inside a layer's call and has no
-    public accessor for the float32 variable it wraps; writing ``weight * mask`` back
-    must not round the master weights to float16, so the wrapped ``_variable`` is used.
-    """
-    return getattr(weight, "_variable", weight)
-
-
-def _write_back(pairs) -> None:
-    """Assigns ``(variable, value)`` pairs where a layer's call can.
-
-    In a replica context of a multi-replica ``tf.distribute`` strategy a mirrored
-    variable can be written only through ``merge_call``, which is not allowed inside the
-    control flow that training steps may put around the forward pass; there the write is
-    skipped, and the next tf-lottery call or mask update re-zeroes the variables.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        return
-    for variable, value in pairs:
-        variable.assign(value)
+    @tf.custom_gradient
+    def read(v):
+        def grad(upstream):
+            if gate is None:
+                return upstream * mask
+            return tf.cond(gate, lambda: upstream, lambda: upstream * mask)
+        return tf.identity(v), grad
+    return read(value)
 
 
 class _State:
@@ -175,6 +170,7 @@ class MaskedLayer(_PruneLowMagnitude):
         self._owners: List[Tuple[object, str]] = []
         self._call_takes_training = None
         self._gradient_gate = None
+        self._written = []
 
     def build(self, input_shape):
         keras.layers.Wrapper.build(self, input_shape)
@@ -195,33 +191,61 @@ class MaskedLayer(_PruneLowMagnitude):
         self.masked_weights = pairs
         self._owners = owners
         self.pruning_vars = []
+        self._written = [None] * len(pairs)
+        for index, (weight, mask) in enumerate(pairs):
+            guard.watch(weight, functools.partial(self._after_weight_write, index))
+            guard.watch(mask, functools.partial(self._after_mask_write, index))
 
     def call(self, inputs, training=None, **kwargs):
         if self._call_takes_training is None:
             self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
         if self._call_takes_training:
             kwargs["training"] = training
-        originals, write_back = [], []
         train = training is True or (training is None and keras.backend.learning_phase() == 1)
+        read_raw = train and guard.can_write()
+        originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self.masked_weights):
                 value = tf.convert_to_tensor(weight)
-                masked = _masked(value, tf.cast(mask, value.dtype), self._gradient_gate,
+                forward = _gradient_masked if read_raw else _masked
+                masked = forward(value, tf.cast(mask, value.dtype), self._gradient_gate,
                                  _State.unmasked)
-                if train:
-                    master = _float32_variable(weight)
-                    if master.dtype == masked.dtype:
-                        write_back.append((master, masked))
-                    else:
-                        write_back.append(
-                            (master, tf.convert_to_tensor(master) * tf.cast(mask, master.dtype)))
                 originals.append((owner, attr, getattr(owner, attr)))
                 object.__setattr__(owner, attr, masked)
-            _write_back(write_back)
             return self.layer.call(inputs, **kwargs)
         finally:
             for owner, attr, original in originals:
                 object.__setattr__(owner, attr, original)
+
+    def _after_weight_write(self, index: int) -> None:
+        """Masks weight ``index`` after a write from outside (``guard.watch``)."""
+        weight, mask = self.masked_weights[index]
+        master = guard.innermost(weight)
+        written = tf.convert_to_tensor(master)
+        masked = written * tf.cast(mask, master.dtype)
+        self._written[index] = None
+        if tf.executing_eagerly() and bool(tf.reduce_any(tf.not_equal(written, masked))):
+            self._written[index] = (written, masked)  # for a mask written next
+        guard.raw_assign(master, masked)
+
+    def _after_mask_write(self, index: int) -> None:
+        """Masks weight ``index`` by its new mask; if the weight was written just before
+        (and not changed since), by the value written then."""
+        weight, mask = self.masked_weights[index]
+        master = guard.innermost(weight)
+        current = tf.convert_to_tensor(master)
+        written = self._written[index] if tf.executing_eagerly() else None
+        self._written[index] = None
+        if written is not None and bool(tf.reduce_all(tf.equal(current, written[1]))):
+            current = written[0]
+        guard.raw_assign(master, current * tf.cast(mask, master.dtype))
+
+    def _write_masked(self) -> None:
+        """Writes ``weight * mask`` into every masked weight's float32 variable."""
+        for index, (weight, mask) in enumerate(self.masked_weights):
+            master = guard.innermost(weight)
+            guard.raw_assign(master, tf.convert_to_tensor(master) * tf.cast(mask, master.dtype))
+            self._written[index] = None
 
     def set_gradient_gate(self, gate) -> None:
         """Lets a scalar bool variable switch on dense gradients at run time.
@@ -268,8 +292,7 @@ class MaskedLayer(_PruneLowMagnitude):
 
     def apply_masks(self) -> None:
         """Writes ``weight * mask`` into every masked weight (restores the invariant)."""
-        for weight, mask in self.masked_weights:
-            weight.assign(weight * tf.cast(mask, weight.dtype))
+        self._write_masked()
 
     def set_weights(self, weights):
         """Sets the wrapped layer's weights, then zeroes the masked entries."""
