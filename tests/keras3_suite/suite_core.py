@@ -331,3 +331,40 @@ def test_set_masks_through_a_loss_scale_optimizer():
                 assert np.count_nonzero(_np(slot)[~off]) > 0  # kept entries keep their state
     sparse.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert_masked_zero(sparse)
+
+
+@pytest.mark.parametrize("how", ["model_set_weights", "weights_h5", "mask_first", "increment"])
+def test_outside_writes_are_masked_as_they_land_in_either_order(tmp_path, how):
+    """Loading a sparse model's weights and masks into a model with other masks gives
+    exactly the source's masked weights (entries the new mask switches on keep the written
+    value, whichever of weight and mask lands first); an increment from outside, the one
+    write not hooked, never reaches predictions and apply_masks re-zeroes it."""
+    x, _ = data()
+    source = tfl.sparsify(mlp(1), 0.5, "uniform", seed=1)
+    target = tfl.sparsify(mlp(2), 0.5, "uniform", seed=2)
+    (s_kernel, s_mask), (t_kernel, t_mask) = (tfl.masked_layers(m)[0].masked_weights[0]
+                                              for m in (source, target))
+    assert not np.array_equal(_np(s_mask), _np(t_mask))
+    if how == "model_set_weights":
+        target.set_weights(source.get_weights())
+    elif how == "weights_h5":
+        source.save_weights(str(tmp_path / "w.weights.h5"))
+        target.load_weights(str(tmp_path / "w.weights.h5"))
+    elif how == "mask_first":
+        target.set_weights(source.get_weights())
+        t_mask.assign(np.ones(t_mask.shape, "float32"))
+        t_kernel.assign(np.ones(t_kernel.shape, "float32"))
+        t_mask.assign(_np(s_mask))
+        t_kernel.assign(_np(s_kernel))
+    else:
+        before = target.predict(x, verbose=0)
+        t_kernel.assign_add(5.0 * (1 - _np(t_mask)))      # into masked entries only
+        assert np.count_nonzero(_np(t_kernel)[_np(t_mask) == 0]) == int(np.sum(_np(t_mask) == 0))
+        np.testing.assert_array_equal(target.predict(x, verbose=0), before)
+        tfl.apply_masks(target)
+        assert_masked_zero(target)
+        return
+    np.testing.assert_array_equal(_np(t_kernel), _np(s_kernel))
+    assert np.count_nonzero(_np(t_kernel)) > 0
+    np.testing.assert_allclose(target.predict(x, verbose=0), source.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)

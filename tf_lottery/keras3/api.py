@@ -184,14 +184,6 @@ def get_masks(model) -> Dict[str, np.ndarray]:
             for u in _masked_units(model)}
 
 
-def _retrace(model) -> None:
-    """Rebuilds a compiled train function that baked the masks in (JAX: the masks'
-    constraints). Rebuilt rather than dropped: ``fit`` calls ``model.train_function`` at
-    every step, so a mask change from a callback takes effect at the next step."""
-    if keras.config.backend() != "tensorflow" and getattr(model, "train_function", None):
-        model.make_train_function(force=True)
-
-
 def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     """Sets masks by weight key (keys must exist) and keeps the invariant: entries turned
     off or on become 0 in the weights and get their initial optimizer state (the compiled
@@ -203,7 +195,6 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
         layer.check_masks(values)
     for layer, values in updates:
         layer.set_masks(values, table)
-    _retrace(model)
 
 
 def apply_masks(model) -> None:

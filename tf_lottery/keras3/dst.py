@@ -195,9 +195,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """Writes the step's mask copies into the model's masks (JAX; no-op on TF)."""
         for u in self._units:
             if u.live is not u.mask:
-                value = ops.copy(u.live.value)
-                u.mask.assign(value)
-                u.layer._sync_host(u.weight, keras.ops.convert_to_numpy(value))
+                u.mask.assign(ops.copy(u.live.value))
 
     # -- delegation
     @property

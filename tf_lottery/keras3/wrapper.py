@@ -3,27 +3,19 @@
 Backend-neutral (keras.ops only). Invariant ("masks are law"): every masked entry is
 exactly 0 wherever a user looks.
 
-- The forward pass computes with ``weight * mask``: while the wrapped layer's ``call``
-  runs, the attribute that holds each prunable variable (``Dense._kernel``,
-  ``LSTMCell.recurrent_kernel``, ...) is swapped for the masked tensor, so predictions
-  are right even after an outside write (``load_weights``, ``kernel.assign``) and the
-  loss gradient of a masked entry is exactly 0. Reading ``variable.value`` honours
-  Keras' ``StatelessScope``, so this works inside JAX's stateless training step too.
-- After a training step no masked entry may be left non-zero by an outside write, and
-  an optimizer must never see one (an EMA copy would keep it: ``use_ema`` writes the
-  averages back at the end of ``fit``). One write per masked weight and step does it:
-
-  - TensorFlow and PyTorch: a training-mode forward pass writes the ``weight * mask`` it
-    computed back into the variable, before the optimizer runs (as the tf_keras path does);
-  - JAX (and a weight computed in another dtype, mixed precision): each masked variable gets a ``constraint`` that multiplies by the mask
-    (composed with the layer's own constraint), which Keras 3 optimizers apply after
-    each update (a JAX layer call cannot write a trainable variable). On JAX the
-    constraint uses a host copy of the mask baked in when the step is traced:
-    ``tfl.set_masks`` drops the model's compiled train function so that the next ``fit``
-    retraces it (a custom JAX loop must re-jit after a mask change).
-
-  Doing both would repeat the same multiply every step (``benchmarks/
-  keras3_step_overhead.py``).
+- TensorFlow and JAX: a training-mode forward pass computes with the raw weights, whose
+  masked entries are 0, and masks their gradient (``keras.ops.custom_gradient``): one
+  elementwise pass per masked weight and step, and no optimizer moves a masked entry.
+  Reading ``variable.value`` honours Keras' ``StatelessScope``, so this works inside
+  JAX's stateless training step too. PyTorch: the forward pass computes with
+  ``weight * mask`` and writes it back into the variable.
+- An inference-mode forward pass computes with ``weight * mask`` (while the wrapped
+  layer's ``call`` runs, the attribute that holds each prunable variable,
+  ``Dense._kernel``, ``LSTMCell.recurrent_kernel``, ..., is swapped for the tensor), so
+  predictions are right even after an outside increment.
+- A write from outside (``load_weights``, ``kernel.assign``, ``set_weights``, a kernel
+  constraint, EMA finalisation, JAX's end-of-epoch state sync) is masked as it lands
+  (``tf_lottery.masking.guard``), whichever of a weight and its mask is written first.
 - Every mask change goes through ``state.assign_mask``, which also resets the optimizer
   state of the entries turned off or on (EMA copies included).
 """
@@ -35,47 +27,100 @@ import numpy as np
 from keras import ops
 
 from tf_lottery.keras3 import registry, state
-from tf_lottery.masking import plan
+from tf_lottery.masking import guard, plan
 
 
 class _MaskConstraint:
     """``weight -> original_constraint(weight) * mask``; not serialised (the layer's own
     config keeps its own constraint, and ``strip`` restores it on the variable).
 
-    On TensorFlow it reads the mask variable (live inside a compiled step). JAX's
-    training step neither maps the mask into the optimizer's stateless scope nor keeps
-    its value on the variable while ``fit`` runs, so there a host copy (``host``, kept in
-    step by every mask write) is used, baked into the step when it is traced.
+    Used where the forward pass cannot keep the weights masked: PyTorch under autocast,
+    and JAX's sparse training, where ``live`` is the mask copy a ``SparseOptimizer``
+    carries through its stateless step (the model's mask variables lag until it syncs).
     """
 
-    def __init__(self, mask, original=None):
+    def __init__(self, mask, original=None, live=None):
         self.mask = mask
         self.original = original
-        self.host = None
-        self.live = None  # set by sparse training: a mask copy carried in the optimizer state
+        self.live = live
 
     def __call__(self, value):
         if self.original is not None:
             value = self.original(value)
-        if self.live is not None:
-            return value * ops.cast(self.live.value, value.dtype)
-        if self.host is not None:
-            return value * ops.cast(self.host, value.dtype)
-        return value * ops.cast(self.mask.value, value.dtype)
+        mask = self.live if self.live is not None else self.mask
+        return value * ops.cast(mask.value, value.dtype)
 
 
-def _host_masks() -> bool:
-    return keras.config.backend() != "tensorflow"
+@ops.custom_gradient
+def _gradient_masked(value, mask):
+    """``value`` itself (its masked entries are 0) with the gradient ``upstream * mask``."""
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return upstream * mask, ops.zeros_like(mask)
+    return value, grad
 
 
-_WRITE_BACK_BACKENDS = ("tensorflow", "torch")
+def _masks_gradient() -> bool:
+    """Whether a training forward pass reads the raw weights and masks their gradient
+    (TensorFlow, JAX); else it computes with ``weight * mask`` and writes it back."""
+    return keras.config.backend() in ("tensorflow", "jax")
 
 
-def _writes_back(layer, weight) -> bool:
-    """Whether the forward pass keeps ``weight`` masked (TensorFlow or PyTorch, no
-    autocast); else its constraint does."""
-    return (keras.config.backend() in _WRITE_BACK_BACKENDS
-            and layer.compute_dtype == weight.dtype)
+def _needs_constraint(layer, weight) -> bool:
+    """PyTorch under autocast: the write-back would round the weight; a constraint masks."""
+    return not _masks_gradient() and layer.compute_dtype != weight.dtype
+
+
+class _KerasArrays(guard.ArrayIO):
+    """The write guard's array operations on Keras 3 variables (every backend)."""
+
+    increments_assign = True
+
+    def read(self, variable):
+        return variable.value
+
+    def masked(self, value, mask):
+        return value * ops.cast(mask.value, value.dtype)
+
+    def concrete(self, value) -> bool:
+        backend = keras.config.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+            return tf.executing_eagerly()
+        if backend == "jax":
+            import jax
+            return not isinstance(value, jax.core.Tracer)
+        return True
+
+    def equal(self, a, b) -> bool:
+        if any(getattr(x, "is_deleted", lambda: False)() for x in (a, b)):
+            return False  # a JAX buffer donated to a training step since
+        return bool(ops.all(ops.equal(a, b)))
+
+    def ready(self, weight, mask) -> bool:
+        """On JAX: not inside a traced step (there the writes are an optimizer's own, e.g.
+        weight decay, which move no masked entry), and both variables hold live buffers:
+        JAX's training functions donate the buffers and the trainer assigns new ones back
+        one variable at a time. Keras has no public API for either (``_value``,
+        ``in_stateless_scope``)."""
+        if keras.config.backend() != "jax":
+            return True
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+        if in_stateless_scope():
+            return False
+        buffers = (weight._value, mask._value)
+        return all(b is not None and not b.is_deleted() for b in buffers)
+
+    def can_write(self) -> bool:
+        if keras.config.backend() != "tensorflow":
+            return True
+        import tensorflow as tf
+        context = tf.distribute.get_replica_context()
+        return context is None or context.num_replicas_in_sync <= 1
+
+
+_KERAS_IO = _KerasArrays()
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
@@ -131,29 +176,16 @@ class MaskedLayer(keras.layers.Wrapper):
                                    aggregation="only_first_replica")
             if isinstance(weight.constraint, _MaskConstraint):
                 weight.constraint = weight.constraint.original
-            if not _writes_back(self.layer, weight):
+            if _needs_constraint(self.layer, weight):
                 weight.constraint = _MaskConstraint(mask, weight.constraint)
-                self._sync_host(weight)
             pairs.append((weight, mask))
             owners.append((owner, attr))
             names.append(name)
         object.__setattr__(self, "_pairs", pairs)
         object.__setattr__(self, "_owners", owners)
         object.__setattr__(self, "_names", names)
+        object.__setattr__(self, "_guard", guard.WriteGuard(pairs, _KERAS_IO))
         self.built = True
-
-    def _sync_host(self, weight, value=None) -> None:
-        """Refreshes the host copy of ``weight``'s mask used by its constraint (JAX)."""
-        constraint = weight.constraint
-        if isinstance(constraint, _MaskConstraint) and _host_masks():
-            if value is None:
-                value = keras.ops.convert_to_numpy(constraint.mask.value)
-            constraint.host = np.asarray(value, dtype=bool)
-
-    def load_own_variables(self, store):
-        super().load_own_variables(store)
-        for weight, _ in self._pairs:
-            self._sync_host(weight)
 
     def get_build_config(self):
         return {"layer": self.layer.get_build_config()}
@@ -190,23 +222,32 @@ class MaskedLayer(keras.layers.Wrapper):
         """
         self._dense_gradients = bool(on)
         lives = list(live_masks) if live_masks is not None else [None] * len(self._pairs)
-        for (weight, _), live in zip(self._pairs, lives):
-            if isinstance(weight.constraint, _MaskConstraint):
-                weight.constraint.live = live if on else None
+        for (weight, mask), live in zip(self._pairs, lives):
+            constraint = weight.constraint
+            if isinstance(constraint, _MaskConstraint):
+                constraint.live = live if on else None
+                if not on and not _needs_constraint(self.layer, weight):
+                    weight.constraint = constraint.original
+            elif on and live is not None:
+                weight.constraint = _MaskConstraint(mask, constraint, live)
 
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:
             kwargs["training"] = training
         if self._dense_gradients:
             return self.layer.call(*args, **kwargs)
-        write = bool(training) and keras.config.backend() in _WRITE_BACK_BACKENDS
+        raw = bool(training) and _masks_gradient()
+        write = bool(training) and not raw
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self._pairs):
                 value = weight.value
-                masked = value * ops.cast(mask.value, value.dtype)
-                if write and not isinstance(weight.constraint, _MaskConstraint):
-                    weight.assign(masked)
+                if raw:
+                    masked = _gradient_masked(value, ops.cast(mask.value, value.dtype))
+                else:
+                    masked = value * ops.cast(mask.value, value.dtype)
+                    if write and not isinstance(weight.constraint, _MaskConstraint):
+                        guard.raw_assign(weight, masked)
                 originals.append((owner, attr, getattr(owner, attr)))
                 object.__setattr__(owner, attr, masked)
             return self.layer.call(*args, **kwargs)
@@ -243,12 +284,10 @@ class MaskedLayer(keras.layers.Wrapper):
         for (weight, mask), value in zip(self._pairs, values):
             slots, fills = optimizers.of(weight)
             state.assign_mask(weight, mask, value, slots, fills)
-            self._sync_host(weight, value)
 
     def apply_masks(self) -> None:
         """Writes ``weight * mask`` into every masked weight (restores the invariant)."""
-        for weight, mask in self._pairs:
-            weight.assign(weight.value * ops.cast(mask.value, weight.dtype))
+        self._guard.write_masked()
 
     def release(self):
         """Gives each masked variable back its own constraint; returns the inner layer."""

@@ -33,7 +33,6 @@ gradient dL/d(weight * mask) for the masked weights instead of ``upstream * mask
 caller must then mask the gradient itself before an optimizer sees it.
 """
 import contextlib
-import functools
 import inspect
 from typing import List, Tuple
 
@@ -74,6 +73,35 @@ def _gradient_masked(value, mask, gate=None, dense: bool = False):
             return tf.cond(gate, lambda: upstream, lambda: upstream * mask)
         return tf.identity(v), grad
     return read(value)
+
+
+class _TFArrays(guard.ArrayIO):
+    """The write guard's array operations on tf_keras variables."""
+
+    def target(self, variable):
+        """tf_keras' ``AutoCastVariable`` (mixed precision) reads as float16 inside a
+        layer's call and has no public accessor for the float32 variable it wraps, whose
+        methods its own delegate to: that ``_variable`` is hooked and written."""
+        return getattr(variable, "_variable", variable)
+
+    def read(self, variable):
+        return tf.convert_to_tensor(self.target(variable))
+
+    def masked(self, value, mask):
+        return value * tf.cast(mask, value.dtype)
+
+    def concrete(self, value) -> bool:
+        return tf.executing_eagerly()
+
+    def equal(self, a, b) -> bool:
+        return bool(tf.reduce_all(tf.equal(a, b)))
+
+    def can_write(self) -> bool:
+        context = tf.distribute.get_replica_context()
+        return context is None or context.num_replicas_in_sync <= 1
+
+
+_TF_IO = _TFArrays()
 
 
 class _State:
@@ -170,7 +198,7 @@ class MaskedLayer(_PruneLowMagnitude):
         self._owners: List[Tuple[object, str]] = []
         self._call_takes_training = None
         self._gradient_gate = None
-        self._written = []
+        self._guard = None
 
     def build(self, input_shape):
         keras.layers.Wrapper.build(self, input_shape)
@@ -191,10 +219,7 @@ class MaskedLayer(_PruneLowMagnitude):
         self.masked_weights = pairs
         self._owners = owners
         self.pruning_vars = []
-        self._written = [None] * len(pairs)
-        for index, (weight, mask) in enumerate(pairs):
-            guard.watch(weight, functools.partial(self._after_weight_write, index))
-            guard.watch(mask, functools.partial(self._after_mask_write, index))
+        object.__setattr__(self, "_guard", guard.WriteGuard(pairs, _TF_IO))
 
     def call(self, inputs, training=None, **kwargs):
         if self._call_takes_training is None:
@@ -202,7 +227,7 @@ class MaskedLayer(_PruneLowMagnitude):
         if self._call_takes_training:
             kwargs["training"] = training
         train = training is True or (training is None and keras.backend.learning_phase() == 1)
-        read_raw = train and guard.can_write()
+        read_raw = train and _TF_IO.can_write()
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self.masked_weights):
@@ -216,36 +241,6 @@ class MaskedLayer(_PruneLowMagnitude):
         finally:
             for owner, attr, original in originals:
                 object.__setattr__(owner, attr, original)
-
-    def _after_weight_write(self, index: int) -> None:
-        """Masks weight ``index`` after a write from outside (``guard.watch``)."""
-        weight, mask = self.masked_weights[index]
-        master = guard.innermost(weight)
-        written = tf.convert_to_tensor(master)
-        masked = written * tf.cast(mask, master.dtype)
-        self._written[index] = None
-        if tf.executing_eagerly() and bool(tf.reduce_any(tf.not_equal(written, masked))):
-            self._written[index] = (written, masked)  # for a mask written next
-        guard.raw_assign(master, masked)
-
-    def _after_mask_write(self, index: int) -> None:
-        """Masks weight ``index`` by its new mask; if the weight was written just before
-        (and not changed since), by the value written then."""
-        weight, mask = self.masked_weights[index]
-        master = guard.innermost(weight)
-        current = tf.convert_to_tensor(master)
-        written = self._written[index] if tf.executing_eagerly() else None
-        self._written[index] = None
-        if written is not None and bool(tf.reduce_all(tf.equal(current, written[1]))):
-            current = written[0]
-        guard.raw_assign(master, current * tf.cast(mask, master.dtype))
-
-    def _write_masked(self) -> None:
-        """Writes ``weight * mask`` into every masked weight's float32 variable."""
-        for index, (weight, mask) in enumerate(self.masked_weights):
-            master = guard.innermost(weight)
-            guard.raw_assign(master, tf.convert_to_tensor(master) * tf.cast(mask, master.dtype))
-            self._written[index] = None
 
     def set_gradient_gate(self, gate) -> None:
         """Lets a scalar bool variable switch on dense gradients at run time.
@@ -292,7 +287,7 @@ class MaskedLayer(_PruneLowMagnitude):
 
     def apply_masks(self) -> None:
         """Writes ``weight * mask`` into every masked weight (restores the invariant)."""
-        self._write_masked()
+        self._guard.write_masked()
 
     def set_weights(self, weights):
         """Sets the wrapped layer's weights, then zeroes the masked entries."""
