@@ -4,9 +4,8 @@ The events are the ones a user meets: fit, a mask change (``set_masks``, an IMP 
 a RigL / SET / gradual-magnitude-pruning update), ``rewind`` (with or without the live
 optimizer), ``load_weights`` / ``tf.train.Checkpoint`` restores of sparse and dense
 checkpoints, and writes from outside (``kernel.assign``). After each one: the raw masked
-entries are 0 (after an outside write: from the next training step or tf-lottery call
-on), EMA copies of masked entries are 0, and the wrapped model predicts exactly what the
-stripped model predicts. hypothesis draws the sequences; ``TFL_HYPOTHESIS_EXAMPLES``
+entries are 0 (outside writes are masked as they land), EMA copies of masked entries are
+0, and the wrapped model predicts exactly what the stripped model predicts. hypothesis draws the sequences; ``TFL_HYPOTHESIS_EXAMPLES``
 bounds the examples per optimizer (CI keeps it small).
 """
 import os
@@ -38,9 +37,6 @@ OPTIMIZERS = {
 EVENTS = ["fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "loop_rigl", "snapshot", "rewind",
           "rewind_live", "assign_dense", "restore_dense", "save", "restore", "save_h5",
           "load_h5"]
-# Events after which raw variables must be clean again: a training step or a tf-lottery call.
-CLEANING = {"fit", "set_masks", "imp_prune", "rigl", "set", "gmp", "loop_rigl", "snapshot", "rewind",
-            "rewind_live"}
 
 
 def _model(regularise: bool, seed: int):
@@ -75,8 +71,6 @@ class _World:
         self.y = self.rng.integers(0, 4, size=(16,)).astype("int32")
         self.snap = snapshot(self.model)
         self.saved = self.saved_h5 = None
-        self.dirty = False  # an outside write not yet followed by a cleaning event
-        self.saved_dirty = self.saved_h5_dirty = False
 
     def pairs(self):
         return [(w, m) for layer in tfl.masked_layers(self.model) for w, m in layer.masked_weights]
@@ -91,8 +85,6 @@ class _World:
 
     def run(self, event):
         model = self.model
-        if event in CLEANING:
-            self.dirty = False
         if event == "fit":
             self.fit()
         elif event == "set_masks":
@@ -134,34 +126,29 @@ class _World:
         elif event == "assign_dense":
             for weight, _ in self.pairs():
                 weight.assign(self.rng.normal(size=weight.shape).astype("float32"))
-            self.dirty = True
         elif event == "restore_dense":
             dense = [tf.Variable(self.rng.normal(size=w.shape).astype("float32"))
                      for w, _ in self.pairs()]
             path = tf.train.Checkpoint(kernels=dense).write(str(self.tmp / "dense"))
             tf.train.Checkpoint(kernels=[w for w, _ in self.pairs()]).read(path).assert_consumed()
-            self.dirty = True
         elif event == "save":
             ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-            self.saved, self.saved_dirty = ckpt.write(str(self.tmp / "sparse")), self.dirty
+            self.saved = ckpt.write(str(self.tmp / "sparse"))
         elif event == "restore" and self.saved:
             tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(self.saved)
-            self.dirty = self.saved_dirty
         elif event == "save_h5":
-            self.saved_h5, self.saved_h5_dirty = str(self.tmp / "weights.h5"), self.dirty
+            self.saved_h5 = str(self.tmp / "weights.h5")
             model.save_weights(self.saved_h5)
         elif event == "load_h5" and self.saved_h5:
             model.load_weights(self.saved_h5)
-            self.dirty = self.saved_h5_dirty
 
     def check(self, after):
         model = self.model
         masks = [m.numpy() for _, m in self.pairs()]
-        if not self.dirty:
-            for (weight, _), mask in zip(self.pairs(), masks):
-                leaked = np.count_nonzero(weight.numpy()[mask == 0])
-                assert leaked == 0, f"after {after}: {leaked} masked entries of {weight.name}"
-            _check_ema(model, self.pairs(), masks, after)
+        for (weight, _), mask in zip(self.pairs(), masks):
+            leaked = np.count_nonzero(weight.numpy()[mask == 0])
+            assert leaked == 0, f"after {after}: {leaked} masked entries of {weight.name}"
+        _check_ema(model, self.pairs(), masks, after)
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
         stripped = tfl.strip(copy)
