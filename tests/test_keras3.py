@@ -14,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUITES = sorted(p.name for p in (ROOT / "tests" / "keras3_suite").glob("suite_*.py"))
-TORCH_SUITES = ("suite_core.py", "suite_export.py")  # what the PyTorch backend is run on
+TORCH_SUITES = ("suite_core.py", "suite_dst.py", "suite_export.py", "suite_imp.py")  # not distributed
 
 
 def _env(**extra):

@@ -33,8 +33,9 @@ def _masked_state(model, optimizer):
 
 class Loop:
     """A custom training loop over ``opt``: tf.GradientTape + ``opt.apply`` in a
-    tf.function on TensorFlow, a jitted ``stateless_apply`` step on JAX (the state is
-    written back to the variables and the masks synced after every ``run``)."""
+    tf.function on TensorFlow, autograd + ``opt.apply`` on PyTorch, a jitted
+    ``stateless_apply`` step on JAX (the state is written back to the variables and the
+    masks synced after every ``run``)."""
 
     def __init__(self, model, opt):
         self.model, self.opt = model, opt
@@ -48,6 +49,14 @@ class Loop:
                     value = loss(y, model(x, training=True))
                 tvars = model.trainable_variables
                 opt.apply(tape.gradient(value, tvars), tvars)
+            self.step = step
+        elif BACKEND == "torch":
+            def step(x, y):
+                model.zero_grad()
+                value = loss(y, model(x, training=True))
+                value.backward()
+                tvars = model.trainable_variables
+                opt.apply([v.value.grad for v in tvars], tvars)
             self.step = step
         else:
             import jax
@@ -66,7 +75,7 @@ class Loop:
 
     def run(self, x, y, batch=8):
         batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
-        if BACKEND == "tensorflow":
+        if BACKEND in ("tensorflow", "torch"):
             for bx, by in batches:
                 self.step(bx, by)
             return

@@ -3,12 +3,11 @@
 Backend-neutral (keras.ops only). Invariant ("masks are law"): every masked entry is
 exactly 0 wherever a user looks.
 
-- TensorFlow and JAX: a training-mode forward pass computes with the raw weights, whose
-  masked entries are 0, and masks their gradient (``keras.ops.custom_gradient``): one
-  elementwise pass per masked weight and step, and no optimizer moves a masked entry.
-  Reading ``variable.value`` honours Keras' ``StatelessScope``, so this works inside
-  JAX's stateless training step too. PyTorch: the forward pass computes with
-  ``weight * mask`` and writes it back into the variable.
+- A training-mode forward pass computes with the raw weights, whose masked entries are
+  0, and masks their gradient (``keras.ops.custom_gradient``): one elementwise pass per
+  masked weight and step, and no optimizer moves a masked entry. Reading
+  ``variable.value`` honours Keras' ``StatelessScope``, so this works inside JAX's
+  stateless training step too.
 - An inference-mode forward pass computes with ``weight * mask`` (while the wrapped
   layer's ``call`` runs, the attribute that holds each prunable variable,
   ``Dense._kernel``, ``LSTMCell.recurrent_kernel``, ..., is swapped for the tensor), so
@@ -34,9 +33,9 @@ class _MaskConstraint:
     """``weight -> original_constraint(weight) * mask``; not serialised (the layer's own
     config keeps its own constraint, and ``strip`` restores it on the variable).
 
-    Used where the forward pass cannot keep the weights masked: PyTorch under autocast,
-    and JAX's sparse training, where ``live`` is the mask copy a ``SparseOptimizer``
-    carries through its stateless step (the model's mask variables lag until it syncs).
+    Used by JAX's sparse training, where ``live`` is the mask copy a ``SparseOptimizer``
+    carries through its stateless step (the model's mask variables lag until it syncs)
+    and the step's drops must zero weights.
     """
 
     def __init__(self, mask, original=None, live=None):
@@ -51,6 +50,10 @@ class _MaskConstraint:
         return value * ops.cast(mask.value, value.dtype)
 
 
+def _masked(value, mask):
+    return value * mask
+
+
 @ops.custom_gradient
 def _gradient_masked(value, mask):
     """``value`` itself (its masked entries are 0) with the gradient ``upstream * mask``."""
@@ -59,17 +62,6 @@ def _gradient_masked(value, mask):
             (upstream,) = args
         return upstream * mask, ops.zeros_like(mask)
     return value, grad
-
-
-def _masks_gradient() -> bool:
-    """Whether a training forward pass reads the raw weights and masks their gradient
-    (TensorFlow, JAX); else it computes with ``weight * mask`` and writes it back."""
-    return keras.config.backend() in ("tensorflow", "jax")
-
-
-def _needs_constraint(layer, weight) -> bool:
-    """PyTorch under autocast: the write-back would round the weight; a constraint masks."""
-    return not _masks_gradient() and layer.compute_dtype != weight.dtype
 
 
 class _KerasArrays(guard.ArrayIO):
@@ -176,8 +168,6 @@ class MaskedLayer(keras.layers.Wrapper):
                                    aggregation="only_first_replica")
             if isinstance(weight.constraint, _MaskConstraint):
                 weight.constraint = weight.constraint.original
-            if _needs_constraint(self.layer, weight):
-                weight.constraint = _MaskConstraint(mask, weight.constraint)
             pairs.append((weight, mask))
             owners.append((owner, attr))
             names.append(name)
@@ -226,7 +216,7 @@ class MaskedLayer(keras.layers.Wrapper):
             constraint = weight.constraint
             if isinstance(constraint, _MaskConstraint):
                 constraint.live = live if on else None
-                if not on and not _needs_constraint(self.layer, weight):
+                if not on:
                     weight.constraint = constraint.original
             elif on and live is not None:
                 weight.constraint = _MaskConstraint(mask, constraint, live)
@@ -236,18 +226,12 @@ class MaskedLayer(keras.layers.Wrapper):
             kwargs["training"] = training
         if self._dense_gradients:
             return self.layer.call(*args, **kwargs)
-        raw = bool(training) and _masks_gradient()
-        write = bool(training) and not raw
+        forward = _gradient_masked if training else _masked
         originals = []
         try:
             for (owner, attr), (weight, mask) in zip(self._owners, self._pairs):
                 value = weight.value
-                if raw:
-                    masked = _gradient_masked(value, ops.cast(mask.value, value.dtype))
-                else:
-                    masked = value * ops.cast(mask.value, value.dtype)
-                    if write and not isinstance(weight.constraint, _MaskConstraint):
-                        guard.raw_assign(weight, masked)
+                masked = forward(value, ops.cast(mask.value, value.dtype))
                 originals.append((owner, attr, getattr(owner, attr)))
                 object.__setattr__(owner, attr, masked)
             return self.layer.call(*args, **kwargs)
