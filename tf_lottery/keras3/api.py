@@ -213,8 +213,11 @@ def get_weights(model) -> Dict[str, np.ndarray]:
 def strip(model):
     """A plain Keras 3 model: wrappers removed, masked weights baked in as exact zeros.
 
-    Shares its layers with ``model`` and gives the same outputs; each weight gets its own
-    constraint back, so the result (and ``model``) no longer enforce masks.
+    Shares its layers, and so its variables, with ``model`` and gives the same outputs.
+    While ``model``'s MaskedLayers exist, a whole-value write to a shared variable
+    (``assign``, ``load_weights``) stays masked, so ``model`` keeps its invariant; for a
+    dense copy to write freely, clone the result (``keras.models.clone_model`` and
+    ``set_weights``).
     """
     _check_model(model)
     _check_traversable(model)

@@ -313,9 +313,11 @@ def strip(model):
 
     The result shares its layers with ``model`` (as tfmot's ``strip_pruning`` does) and
     gives the same outputs. ``tfmot.sparsity.keras.strip_pruning(model)`` also works on
-    sparsified models; ``strip`` additionally re-applies the masks first, so weights set
-    behind the wrapper's back (e.g. ``model.load_weights`` of a dense checkpoint) cannot
-    leak through.
+    sparsified models; ``strip`` additionally re-applies the masks first, so an increment
+    made behind the wrapper's back cannot leak through. The variables are shared too: while
+    ``model``'s MaskedLayers exist, a whole-value write to one of them (``assign``,
+    ``load_weights``) stays masked, so ``model`` keeps its invariant; for a dense copy to
+    write freely, clone the result (``keras.models.clone_model`` and ``set_weights``).
     """
     _check_model(model)
     _check_traversable(model)
