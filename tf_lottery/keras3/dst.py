@@ -11,8 +11,8 @@ As a ``model.fit`` callback (``callbacks=[tfl.RigL(...)]``) the method puts this
 around the compiled optimizer for the fit call (``fit_begin`` / ``fit_end``).
 
 One step (``apply``): the dense gradients of the masked weights are kept for the grow
-rule, multiplied by the masks and applied by the wrapped optimizer (whose constraint
-re-zeroes masked weights); then, at the method's update steps (the same schedule and
+rule, multiplied by the masks and applied by the wrapped optimizer (masked entries,
+with zero gradient and zero state, stay 0); then, at the method's update steps (the same schedule and
 ``tf_lottery.dst.updaters`` rules as the tf_keras path, written once against
 ``tf_lottery.dst.arrays``), new masks are computed and written with
 ``tf_lottery.keras3.state.assign_mask``: dropped and grown weights and their optimizer
@@ -179,11 +179,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
             u.k_max = int(np.sum(ops.convert_to_numpy(u.mask.value) > 0.5))
-        jax = keras.config.backend() == "jax"
-        lives = {id(u.weight): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
-            layer.set_dense_gradients(
-                True, [lives.get(id(w)) for w, _ in layer.masked_weights] if jax else None)
+            layer.set_dense_gradients(True)
 
     def release(self) -> None:
         """Gives the masking back to the model's layers (after ``sync_masks``)."""

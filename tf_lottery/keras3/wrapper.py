@@ -29,27 +29,6 @@ from tf_lottery.keras3 import registry, state
 from tf_lottery.masking import guard, plan
 
 
-class _MaskConstraint:
-    """``weight -> original_constraint(weight) * mask``; not serialised (the layer's own
-    config keeps its own constraint, and ``strip`` restores it on the variable).
-
-    Used by JAX's sparse training, where ``live`` is the mask copy a ``SparseOptimizer``
-    carries through its stateless step (the model's mask variables lag until it syncs)
-    and the step's drops must zero weights.
-    """
-
-    def __init__(self, mask, original=None, live=None):
-        self.mask = mask
-        self.original = original
-        self.live = live
-
-    def __call__(self, value):
-        if self.original is not None:
-            value = self.original(value)
-        mask = self.live if self.live is not None else self.mask
-        return value * ops.cast(mask.value, value.dtype)
-
-
 def _masked(value, mask):
     return value * mask
 
@@ -166,8 +145,6 @@ class MaskedLayer(keras.layers.Wrapper):
             mask = self.add_weight(name=name + "_mask", shape=tuple(weight.shape),
                                    dtype="float32", initializer="ones", trainable=False,
                                    aggregation="only_first_replica")
-            if isinstance(weight.constraint, _MaskConstraint):
-                weight.constraint = weight.constraint.original
             pairs.append((weight, mask))
             owners.append((owner, attr))
             names.append(name)
@@ -198,28 +175,16 @@ class MaskedLayer(keras.layers.Wrapper):
         """Names of the masked weights inside the layer ("kernel", "query_kernel", ...)."""
         return list(self._names)
 
-    def set_dense_gradients(self, on: bool, live_masks=None) -> None:
+    def set_dense_gradients(self, on: bool) -> None:
         """Hands the masking of this layer's weights to a sparse-training optimizer.
 
-        While ``on``, the forward pass computes with the raw weights, which that optimizer
-        (``tf_lottery.keras3.SparseOptimizer``) keeps exactly 0 where masked: it masks
-        the gradients and its constraint re-zeroes the weights after every step. The
-        backward pass then gives the dense gradient dL/d(w * m) (RigL's grow criterion)
-        at no extra cost. ``live_masks`` (one variable per masked weight, or None) are
-        the mask copies the weights' constraints read instead of the masks (on JAX, the
-        optimizer's copies, carried in its state through a stateless step). Set it before
-        the training step is traced; ``on=False`` restores the masked forward pass.
+        While ``on``, the forward pass computes with the raw weights and the backward pass
+        gives the dense gradient dL/d(w * m) (RigL's grow criterion) at no extra cost; that
+        optimizer (``tf_lottery.keras3.SparseOptimizer``) masks the gradients and zeroes
+        dropped weights with their state, so masked entries stay exactly 0. Set it before
+        the training step is traced; ``on=False`` restores the layer's own gradient mask.
         """
         self._dense_gradients = bool(on)
-        lives = list(live_masks) if live_masks is not None else [None] * len(self._pairs)
-        for (weight, mask), live in zip(self._pairs, lives):
-            constraint = weight.constraint
-            if isinstance(constraint, _MaskConstraint):
-                constraint.live = live if on else None
-                if not on:
-                    weight.constraint = constraint.original
-            elif on and live is not None:
-                weight.constraint = _MaskConstraint(mask, constraint, live)
 
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:
@@ -274,10 +239,7 @@ class MaskedLayer(keras.layers.Wrapper):
         self._guard.write_masked()
 
     def release(self):
-        """Gives each masked variable back its own constraint; returns the inner layer."""
-        for weight, _ in self._pairs:
-            if isinstance(weight.constraint, _MaskConstraint):
-                weight.constraint = weight.constraint.original
+        """The wrapped layer (``strip`` builds the plain model from these)."""
         return self.layer
 
     def get_config(self):
