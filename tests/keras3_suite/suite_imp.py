@@ -142,13 +142,18 @@ def test_resume_skips_finished_levels(data, tmp_path):
     assert len(fits) == 2  # a finished run trains nothing
 
 
-def test_rewind_restores_theta_k_and_resets_the_optimizer():
-    keras.utils.set_random_seed(1)
+def _adam_model_and_data():
+    """The MLP at 50% uniform sparsity compiled with Adam, and 80 examples."""
     model = tfl.sparsify(mlp(), 0.5, distribution="uniform", seed=0)
     model.compile(keras.optimizers.Adam(0.01),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).random((80, 64)).astype("float32")
-    y = np.arange(80) % 10
+    return model, x, np.arange(80) % 10
+
+
+def test_rewind_restores_theta_k_and_resets_the_optimizer():
+    keras.utils.set_random_seed(1)
+    model, x, y = _adam_model_and_data()
     checkpoint = RewindCheckpoint("3it")
     model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[checkpoint])
     assert checkpoint.iteration == 3
@@ -170,15 +175,11 @@ def test_rewind_restores_theta_k_and_resets_the_optimizer():
 
 
 def test_set_masks_inside_fit_takes_effect_at_the_next_step():
-    """A callback changes the masks in the middle of ``fit`` (JAX: the traced step bakes
-    the masks in, so the step is rebuilt); training goes on under the new masks: entries
-    turned off stay 0, entries turned on train."""
+    """A callback changes the masks in the middle of ``fit`` (JAX: the training loop reads
+    the mask variables back at the next step); training goes on under the new masks:
+    entries turned off stay 0, entries turned on train."""
     keras.utils.set_random_seed(2)
-    model = tfl.sparsify(mlp(), 0.5, distribution="uniform", seed=0)
-    model.compile(keras.optimizers.Adam(0.01),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x = np.random.default_rng(0).random((80, 64)).astype("float32")
-    y = np.arange(80) % 10
+    model, x, y = _adam_model_and_data()
     rng = np.random.default_rng(3)
     new, turned_on = {}, {}
     for key, m in tfl.get_masks(model).items():  # 20% of the on entries off, as many on
