@@ -354,3 +354,31 @@ def test_partial_top_k_and_backend_sorts_match_the_full_sort():
                                       np.argsort(-scores, kind="stable"))
         np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),
                                       np.argsort(scores, kind="stable"))
+
+
+def test_outside_write_in_the_middle_of_sparse_training():
+    """A callback writes dense values into every masked kernel while RigL's wrapper is
+    live (between two mask updates): the write is masked as it lands (by the masks of that
+    moment), training goes on with constant counts, and every masked entry ends at 0."""
+    x, y = data(64)
+    model = _sparse()
+    before = _active(model)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    seen = {}
+
+    class Write(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3 and not seen:
+                tfl.keras3.api.sync(self.model)
+                for layer in tfl.masked_layers(self.model):
+                    for weight, mask in layer.masked_weights:
+                        weight.assign(np.full(weight.shape, 7.0, "float32"))
+                        seen[weight.path] = np.count_nonzero(_np(weight)[_np(mask) == 0])
+
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[tfl.RigL(delta_t=2, end_step=14, alpha=0.5), Write()])
+    assert seen and all(v == 0 for v in seen.values()), seen
+    assert _active(model) == before
+    for layer in tfl.masked_layers(model):
+        for weight, mask in layer.masked_weights:
+            assert np.count_nonzero(_np(weight)[_np(mask) == 0]) == 0, weight.path

@@ -162,10 +162,15 @@ def _masked_units(model) -> List[_Unit]:
 def sync(model) -> None:
     """Inside a JAX ``fit`` (a callback), writes the training loop's state back into the
     model's variables, so that reading or writing them sees the current step (and the
-    loop reads the writes back at the next step); a no-op elsewhere."""
+    loop reads the writes back at the next step); a no-op elsewhere. A live sparse-training
+    wrapper's mask copies are written into the model's masks too, so a write to a weight
+    is masked by the masks of this step."""
     state_sync = getattr(model, "jax_state_sync", None)
     if state_sync is not None:
         state_sync()
+        sync_masks = getattr(getattr(model, "optimizer", None), "sync_masks", None)
+        if sync_masks is not None:
+            sync_masks()
 
 
 def output_keys(model) -> List[str]:
