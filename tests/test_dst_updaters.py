@@ -109,6 +109,47 @@ def test_static_and_magnitude_pruning():
     assert prune.new_mask(state, 1.0).numpy().sum() == 0
 
 
+class _CoarseTieKeys(type(updaters.arrays.TF)):
+    """TensorFlow namespace whose tie keys take 4 values: ties of both the scores and
+    the tie keys, which the rule then breaks by index."""
+
+    def uniform_n(self, n, seed):
+        return tf.floor(super().uniform_n(n, seed) * 4.0) / 4.0
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_bounded_selections_choose_what_the_full_sort_chooses(coarse):
+    """The partial top_k paths (``k_max``: bounded by the active count; ``k_change``:
+    by the entries one update changes; both, and bounds too small, which fall back)
+    choose exactly the full stable sort's entries, ties of scores and tie keys included."""
+    xp = _CoarseTieKeys() if coarse else updaters.arrays.TF
+    rng = np.random.default_rng(7)
+    rules = (updaters.RigLUpdater(), updaters.SETUpdater(), updaters.SNFSUpdater(),
+             updaters.MagnitudePruningUpdater())
+    for trial in range(8):
+        shape = (9, 7)
+        mask = np.zeros(63, np.float32)
+        mask[rng.permutation(63)[:20]] = 1.0
+        mask = mask.reshape(shape)
+        weight = np.round(rng.normal(size=shape), 1).astype(np.float32) * mask
+        weight[rng.random(shape) < 0.3] = 0.0
+        grad = np.round(rng.normal(size=shape), 1).astype(np.float32)
+        grad[rng.random(shape) < 0.3] = 0.0
+        f = lambda v: tf.constant(v)  # noqa: E731
+        fraction = (0.3, 0.5, 0.05, 0.9)[trial % 4]
+        for rule in rules:
+            amount = fraction if rule.name != "magnitude_pruning" else 0.8
+            results = []
+            for k_max, k_change in ((None, None), (20, None), (8, None), (None, 6),
+                                    (20, 6), (None, 2), (None, 10)):
+                state = updaters.UnitState(f(weight), f(mask), f(grad), f(grad),
+                                           updaters.unit_seed(trial, 1, 300), xp, k_max,
+                                           k_change)
+                results.append(rule.new_mask(state, amount).numpy())
+            for k, other in enumerate(results[1:], 1):
+                np.testing.assert_array_equal(other, results[0], err_msg=f"{rule.name} {k}")
+
+
 def test_xla_compiles_the_update():
     """Static shapes only: the rule compiles under XLA (what TPUStrategy needs)."""
     rng = np.random.default_rng(3)

@@ -112,6 +112,11 @@ class MaskUpdateCallback(keras.callbacks.Callback):
     def _takes_part(self, layer, weight_name) -> bool:
         return True
 
+    def _change_bound(self, k_max: int) -> Optional[int]:
+        """A bound on the entries one update drops or grows in a weight with ``k_max``
+        active entries (``updaters.UnitState.k_change``), or None if there is none."""
+        return None
+
     def _check_model(self, model) -> None:
         """Raises ValueError before training if the method cannot run on ``model``."""
 
@@ -127,7 +132,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         if is_keras3(model):  # Keras 3: the optimizer wrapper of tf_lottery.keras3.dst
-            from tf_lottery.keras3 import dst as keras3_dst
+            from tf_lottery.keras3 import dst_fit as keras3_dst
             return keras3_dst.fit_begin(self, model, self._total_steps())
         if not masked_layers(model):
             raise ValueError(f"{type(self).__name__}: model {model.name!r} has no MaskedLayer; "
@@ -154,7 +159,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if is_keras3(self.model):
-            from tf_lottery.keras3 import dst as keras3_dst
+            from tf_lottery.keras3 import dst_fit as keras3_dst
             keras3_dst.fit_epoch_end(self, self.model)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -169,7 +174,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if is_keras3(self.model):
-            from tf_lottery.keras3 import dst as keras3_dst
+            from tf_lottery.keras3 import dst_fit as keras3_dst
             return keras3_dst.fit_end(self, self.model)
         if self._installed:
             self._collect()

@@ -65,6 +65,7 @@ class _Unit:
         self.weight, self.mask = weight, mask
         self.slots, self.fills = slots, fills
         self.momentum = None
+        self.k_max = self.k_change = None  # top_k bounds (updaters.UnitState)
 
 
 def _state_variable(value, dtype, name):
@@ -147,6 +148,9 @@ class MaskUpdateEngine:
         else:
             for u in self.units:
                 u.slots, u.fills = slots[id(u.weight)]
+        for u in self.units:  # bounds for the step traced next (a larger count falls back)
+            u.k_max = int(np.sum(np.asarray(u.mask.numpy()) > 0.5))
+            u.k_change = self.method._change_bound(u.k_max)
         self.optimizer = optimizer
         for layer in layers:
             layer.set_gradient_gate(self.gate)
@@ -278,7 +282,8 @@ class MaskUpdateEngine:
                     grad=unit_grads[u.index] if unit_grads else None,
                     momentum=(tf.convert_to_tensor(u.momentum)
                               if u.momentum is not None else None),
-                    seed=updaters.unit_seed(method.seed, u.index, step))
+                    seed=updaters.unit_seed(method.seed, u.index, step), k_max=u.k_max,
+                    k_change=u.k_change)
                 new = updater.new_mask(state, amount)
                 g, d = update_lib.assign_mask(u.weight, u.mask, new, u.slots, u.fills)
                 grown.append(g)

@@ -59,6 +59,10 @@ class _DropGrowCallback(MaskUpdateCallback):
                                    step <= self._end)
         return is_update, xp.cast(self.drop_fraction(step), xp.float32)
 
+    def _change_bound(self, k_max):
+        # the drop fraction never exceeds alpha; + 1 for float32 rounding of the count
+        return min(int(k_max), int(k_max * self.alpha) + 1)
+
     def _next_update_after(self, step):
         nxt = (int(step) // self.delta_t + 1) * self.delta_t
         return nxt if nxt <= self._end else None

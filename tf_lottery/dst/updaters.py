@@ -63,6 +63,11 @@ class UnitState(NamedTuple):
         count when the training step was traced): selections of at most ``k_max``
         entries then use a partial ``top_k`` instead of a full sort, with the same result
         (a larger count falls back to the full sort).
+      k_change: optional Python int, an expected bound on the entries one update drops
+        (and grows), e.g. ``floor(k_max * alpha)`` for a drop fraction that never exceeds
+        ``alpha``: the selections then use ``top_k`` of ``k_change`` entries, usually
+        several times fewer than ``k_max``, with the same result (a larger count falls
+        back to the full sort).
     """
     weight: Any
     mask: Any
@@ -71,6 +76,7 @@ class UnitState(NamedTuple):
     seed: Optional[Any] = None
     xp: Any = arrays.TF
     k_max: Optional[int] = None
+    k_change: Optional[int] = None
 
 
 def unit_seed(seed: int, unit_index: int, step, xp=arrays.TF):
@@ -90,21 +96,40 @@ def top_k_mask(scores, k, xp=arrays.TF):
     return xp.scatter(order, ones, n)
 
 
-def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp):
-    """``top_k_mask`` of the scores a random permutation put in the order of ``tie_keys``
+def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp, larger_keys_first: bool = False):
+    """``top_k_mask`` of the scores a random permutation put in the order of the tie keys
     (ascending, ties to the lower index), i.e. the ``k`` largest ``scores`` with ties
-    going to the smaller ``tie_keys``, without a full sort: two ``top_k`` of ``k_max``
-    entries (requires ``k <= k_max``)."""
+    going to the smaller tie keys, without a full sort: one ``top_k`` of ``k_max``
+    entries, and a second one only when entries tie at the threshold (requires
+    ``k <= k_max``). ``tie_keys`` is a function returning them (they are drawn only then).
+    ``larger_keys_first``: ties go to the larger tie keys, then to the higher index."""
     n = xp.size(scores)
     values, _ = xp.top_k(scores, k_max)
     k = xp.cast(k, xp.int32)
     threshold = xp.take(values, xp.maximum(k - 1, 0))
     above = scores > threshold
     rest = k - xp.sum(xp.cast(above, xp.int32))  # how many of the tied entries to take
+    at = scores == threshold
     minus_inf = xp.asarray(-float("inf"), xp.float32)
-    _, tied = xp.top_k(xp.where(scores == threshold, -tie_keys, minus_inf), k_max)
-    picked = xp.scatter(tied, xp.cast(xp.arange(k_max) < rest, xp.float32), n)
+
+    def by_tie_keys():
+        if larger_keys_first:  # reversed, so that top_k's lower index is the higher one
+            _, tied = xp.top_k(_reverse(xp.where(at, tie_keys(), minus_inf), xp), k_max)
+            tied = n - 1 - tied
+        else:
+            _, tied = xp.top_k(xp.where(at, -tie_keys(), minus_inf), k_max)
+        return xp.scatter(tied, xp.cast(xp.arange(k_max) < rest, xp.float32), n)
+
+    # Usually the threshold entry is the only one at the threshold (distinct scores):
+    # then every tied entry is taken and the tie keys are not needed.
+    picked = xp.cond(xp.equal(xp.sum(xp.cast(at, xp.int32)), rest),
+                     lambda: xp.cast(at, xp.float32), by_tie_keys)
     return xp.cast(above, xp.float32) + picked
+
+
+def _reverse(x, xp):
+    n = xp.size(x)
+    return xp.take(x, n - 1 - xp.arange(n))
 
 
 def drop_count(n_active, fraction, xp=arrays.TF):
@@ -114,7 +139,7 @@ def drop_count(n_active, fraction, xp=arrays.TF):
 
 
 def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.TF,
-           k_max: Optional[int] = None):
+           k_max: Optional[int] = None, k_change: Optional[int] = None):
     """The new 0/1 mask (float32, shaped like ``mask``).
 
     Keeps the ``n_keep`` active entries with the largest ``drop_scores`` and switches on
@@ -125,12 +150,14 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
     guarantee both); then the result has exactly ``n_keep + n_grow`` ones. Given a Python
     int ``k_max`` bounding ``n_keep`` and ``n_grow`` (e.g. the active count when the step
     was traced), two partial ``top_k`` of ``k_max`` entries replace the full sorts, with
-    the same result (a larger count falls back to the sorts).
+    the same result (a larger count falls back to the sorts). Given a Python int
+    ``k_change`` bounding the entries dropped and grown, the kept set is found as the
+    complement of the dropped one, with ``top_k`` of ``k_change`` entries.
     """
     shape = xp.shape(mask)
     active = xp.reshape(xp.cast(mask, xp.float32), [-1]) > 0.5
     n = xp.size(active)
-    tie_keys = xp.uniform_n(n, tie_seed)
+    tie_keys = lambda: xp.uniform_n(n, tie_seed)  # noqa: E731  (drawn when needed)
     lowest = xp.lowest
     minus_inf = xp.asarray(-float("inf"), xp.float32)
     # Inactive entries can never be kept: their drop score is below every active one.
@@ -142,7 +169,7 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
         g = xp.where(xp.isnan(g), lowest, g)
 
     def full():
-        perm = xp.argsort(tie_keys)
+        perm = xp.argsort(tie_keys())
         keep = top_k_mask(xp.take(d, perm), n_keep, xp)
         new = keep
         if g is not None:
@@ -158,12 +185,28 @@ def select(drop_scores, grow_scores, mask, n_keep, n_grow, tie_seed, xp=arrays.T
         return keep + _top_k_by_ties(xp.where(keep > 0.5, minus_inf, g), tie_keys, n_grow,
                                      k_max, xp)
 
+    def changed():  # the same choice, through the complement of the kept entries
+        # Dropped: the smallest drop scores among active entries, ties to the larger tie
+        # key, then to the higher index.
+        scores = xp.where(active, xp.maximum(-d, lowest), minus_inf)
+        dropped = _top_k_by_ties(scores, tie_keys, n_drop, k_change, xp,
+                                 larger_keys_first=True)
+        keep = xp.cast(active, xp.float32) - dropped
+        if g is None:
+            return keep
+        return keep + _top_k_by_ties(xp.where(keep > 0.5, minus_inf, g), tie_keys, n_grow,
+                                     k_change, xp)
+
     size = xp.static_size(active)
-    if k_max is None or size is None or k_max >= size:
+    n_keep, n_grow = xp.cast(n_keep, xp.int32), xp.cast(n_grow, xp.int32)
+    n_drop = xp.sum(xp.cast(active, xp.int32)) - n_keep
+    if k_change is not None and size is not None and k_change < size:
+        fits = xp.logical_and(n_drop <= k_change, n_grow <= k_change)
+        new = xp.cond(fits, changed, full)
+    elif k_max is None or size is None or k_max >= size:
         new = full()
     else:
-        fits = xp.logical_and(xp.cast(n_keep, xp.int32) <= k_max,
-                              xp.cast(n_grow, xp.int32) <= k_max)
+        fits = xp.logical_and(n_keep <= k_max, n_grow <= k_max)
         new = xp.cond(fits, bounded, full)
     return xp.reshape(new, shape)
 
@@ -253,7 +296,7 @@ class Updater:
         n_drop = drop_count(n_active, drop_fraction, xp)
         return select(self.drop_scores(state), self.grow_scores(state), state.mask,
                       n_active - n_drop, n_drop, xp.fold_in(state.seed, _SALT_TIES), xp,
-                      state.k_max)
+                      state.k_max, state.k_change)
 
 
 class RigLUpdater(Updater):
