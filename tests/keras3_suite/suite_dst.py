@@ -37,8 +37,9 @@ class Loop:
     ``stateless_apply`` step on JAX (the state is written back to the variables and the
     masks synced after every ``run``)."""
 
-    def __init__(self, model, opt):
+    def __init__(self, model, opt, two_kinds=False):
         self.model, self.opt = model, opt
+        self.two_kinds, self.count = two_kinds, 0
         loss = keras.losses.MeanSquaredError()
         if BACKEND == "tensorflow":
             import tensorflow as tf
@@ -65,13 +66,21 @@ class Loop:
                 pred, ntv = model.stateless_call(tv, ntv, x, training=True)
                 return loss(y, pred), ntv
 
-            @jax.jit
             def step(state, x, y):
                 tv, ntv, ov = state
                 (_, ntv), grads = jax.value_and_grad(loss_fn, has_aux=True)(tv, ntv, x, y)
                 tv, ov = opt.stateless_apply(ov, grads, tv)
                 return tv, ntv, ov
-            self.step = step
+            self.step = jax.jit(step)
+            # The ordinary and the update step compiled apart (SparseOptimizer.traced_as)
+            self.steps = {kind: jax.jit(self._traced(step, kind))
+                          for kind in ("ordinary", "update")}
+
+    def _traced(self, step, kind):
+        def traced(*args):
+            with self.opt.traced_as(kind):
+                return step(*args)
+        return traced
 
     def run(self, x, y, batch=8):
         batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
@@ -84,7 +93,11 @@ class Loop:
                  [v.value for v in model.non_trainable_variables],
                  [v.value for v in opt.variables])
         for bx, by in batches:
-            state = self.step(state, bx, by)
+            step = self.step
+            if self.two_kinds:
+                self.count += 1
+                step = self.steps["update" if opt.update_due(self.count) else "ordinary"]
+            state = step(state, bx, by)
         for group, values in zip((model.trainable_variables, model.non_trainable_variables,
                                   opt.variables), state):
             for variable, value in zip(group, values):
@@ -119,6 +132,54 @@ def test_fit_keeps_counts_and_zeros(method):
         assert record["active"] == _active(model)
     x2, y2 = data(16, seed=5)
     np.testing.assert_allclose(_np(model(x2)), _np(tfl.strip(model)(x2)), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_trains_as_the_in_step_conditional_does():
+    """The callback's fit (on JAX: the ordinary and the update step compiled apart and
+    chosen on the host) and SparseOptimizer compiled directly (one step with the update
+    under a conditional) give the same masks and weights, updates across epochs
+    included; so does a custom JAX loop with the two kinds of step."""
+    x, y = data(48)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(type(self.model.train_function).__name__)
+
+    results = []
+    for route in ("callback", "compiled", "two_kinds"):
+        if route == "two_kinds" and BACKEND != "jax":
+            continue
+        model = _sparse()
+        method = tfl.RigL(delta_t=3, end_step=10, alpha=0.5)
+        sgd = keras.optimizers.SGD(0.05, momentum=0.9)
+        if route == "callback":
+            model.compile(sgd, "mse")
+            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                      callbacks=[method, Probe()])
+            assert [r["step"] for r in method.history] == [6, 9]  # last of each epoch
+        elif route == "compiled":
+            opt = tfl.SparseOptimizer(sgd, model, method)
+            model.compile(opt, "mse")
+            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            assert opt.update_count == 3 and opt.last_update()["step"] == 9
+        else:
+            opt = tfl.SparseOptimizer(sgd, model, method)
+            loop = Loop(model, opt, two_kinds=True)
+            loop.run(x, y)
+            loop.run(x, y)
+            assert [opt.update_due(t) for t in range(1, 13)] == [t in (3, 6, 9)
+                                                                    for t in range(1, 13)]
+            assert opt.update_count == 3 and opt.last_update()["step"] == 9
+        results.append((tfl.get_masks(model), tfl.get_weights(model)))
+    if BACKEND == "jax":
+        assert set(seen) == {"_StepDispatch"}
+    masks, weights = results[0]
+    for other_masks, other_weights in results[1:]:
+        for key in masks:
+            np.testing.assert_array_equal(other_masks[key], masks[key], err_msg=key)
+            np.testing.assert_allclose(other_weights[key], weights[key], rtol=1e-5,
+                                       atol=1e-6, err_msg=key)
 
 
 def test_grown_weights_and_adam_state_are_zero_at_the_update():

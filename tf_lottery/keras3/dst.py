@@ -8,7 +8,7 @@ Keras 3 model through this optimizer wrapper, in any training loop::
     model.compile(opt, loss)          # fit, or a custom loop calling opt.apply(grads)
 
 As a ``model.fit`` callback (``callbacks=[tfl.RigL(...)]``) the method puts this wrapper
-around the compiled optimizer for the fit call (``fit_begin`` / ``fit_end``).
+around the compiled optimizer for the fit call (``tf_lottery.keras3.dst_fit``).
 
 One step (``apply``): the dense gradients of the masked weights are kept for the grow
 rule, multiplied by the masks and applied by the wrapped optimizer (masked entries,
@@ -31,6 +31,7 @@ model's own mask variables cannot be written from a stateless optimizer step, so
 they are brought up to date by ``sync_masks()`` (the ``fit`` callback does it at every
 epoch end; a custom JAX loop calls it after assigning its state back to the variables).
 """
+import contextlib
 from typing import Optional
 
 import keras
@@ -40,7 +41,7 @@ from keras import ops
 from tf_lottery.dst import arrays, updaters
 from tf_lottery.keras3 import api, state
 
-__all__ = ["SparseOptimizer", "fit_begin", "fit_end", "fit_epoch_end"]
+__all__ = ["SparseOptimizer"]
 
 
 class _Unit:
@@ -53,6 +54,7 @@ class _Unit:
         self.slots, self.fills = [], []
         self.momentum = None
         self.k_max = None  # active entries when the wrapper began (a top_k bound)
+        self.k_change = None  # entries one update may drop or grow (a top_k bound)
 
 
 def _counts(old, new):
@@ -109,6 +111,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "installed_by", None)
+        object.__setattr__(self, "_traced_as", "either")
+        object.__setattr__(self, "_due", (0, np.zeros(0, bool)))
         object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
         object.__setattr__(self, "_units", self._find_units(model, method))
         object.__setattr__(method, "_keras3_optimizer", self)
@@ -179,8 +183,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
             u.k_max = int(np.sum(ops.convert_to_numpy(u.mask.value) > 0.5))
+            u.k_change = self.method._change_bound(u.k_max)
+        live = {id(u.mask): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
-            layer.set_dense_gradients(True)
+            layer.set_dense_gradients(True, [live.get(id(mask), mask)
+                                             for _, mask in layer.masked_weights])
 
     def release(self) -> None:
         """Gives the masking back to the model's layers (after ``sync_masks``)."""
@@ -218,6 +225,42 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "SparseOptimizer is not serialisable (it holds a model); save the model with "
             "include_optimizer=False, or save weights")
 
+    # -- two compiled steps (JAX)
+    @contextlib.contextmanager
+    def traced_as(self, kind: str):
+        """Steps traced inside are ``"ordinary"`` steps (never a mask update) or
+        ``"update"`` steps (always one), instead of the default ``"either"`` (an in-step
+        conditional on the schedule).
+
+        Why: on XLA's CPU runtime a compiled step pays for the untaken update branch of
+        the conditional (about 20% of a LeNet-300-100 step on JAX). ``fit`` on JAX therefore
+        compiles both kinds and calls the update one exactly at the steps where
+        ``update_due(step)`` is True; a custom JAX loop can do the same (trace and call
+        each kind inside this context, as ``jax.jit`` traces at the first call).
+        """
+        if kind not in ("ordinary", "update", "either"):
+            raise ValueError(f"kind must be 'ordinary', 'update' or 'either', not {kind!r}")
+        previous = self._traced_as
+        object.__setattr__(self, "_traced_as", kind)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "_traced_as", previous)
+
+    def update_due(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based: ``iterations + 1`` when it runs)
+        updates the masks, by the method's own schedule (evaluated for 1024 steps at a
+        time on the host)."""
+        start, due = self._due
+        if not start <= step < start + len(due):
+            xp = self._xp
+            steps = xp.cast(xp.asarray(np.arange(step, step + 1024)), xp.int64)
+            is_update, _ = self.method._schedule(steps, xp)
+            due = np.broadcast_to(np.asarray(ops.convert_to_numpy(is_update), bool), (1024,))
+            start = step
+            object.__setattr__(self, "_due", (start, due))
+        return bool(due[step - start])
+
     # -- one step
     def apply(self, grads, trainable_variables=None):
         """Applies the masked gradients, then updates the masks if this step is due."""
@@ -245,7 +288,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for u in units:
                 g = unit_grads[u.index]
                 u.momentum.assign(decay * u.momentum.value + (1.0 - decay) * g)
+        if self._traced_as == "ordinary":
+            return
         is_update, amount = method._schedule(step, xp)
+        if self._traced_as == "update":
+            is_update = None  # the caller runs this step exactly at update steps
         amount = xp.cast(amount, xp.float32)
 
         def new_masks():
@@ -256,7 +303,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                     grad=unit_grads[u.index] if updater.needs_grad != updaters.GRAD_NEVER
                     else None,
                     momentum=u.momentum.value if u.momentum is not None else None,
-                    seed=xp.unit_seed(method.seed, u.index, step), xp=xp, k_max=u.k_max)
+                    seed=xp.unit_seed(method.seed, u.index, step), xp=xp, k_max=u.k_max,
+                    k_change=u.k_change)
                 out.append(ops.cast(updater.new_mask(unit, amount), "float32"))
             return out
 
@@ -288,7 +336,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.stats["updates"].assign_add(1)
             return ops.convert_to_tensor(True)
 
-        ops.cond(is_update, update, lambda: ops.convert_to_tensor(False))
+        if is_update is None:
+            update()
+        else:
+            ops.cond(is_update, update, lambda: ops.convert_to_tensor(False))
 
     def _functional_update(self, units, is_update, amount, step, new_masks, record):
         """JAX: one ``ops.cond`` over the whole state it may change (weights, slots, mask
@@ -314,7 +365,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             values = counts + [amount, ops.cast(step, "int32"), stats["updates"].value + 1]
             return weights, slots, masks, values
 
-        weights, slots, masks, values = ops.cond(is_update, update, current)
+        if is_update is None:
+            weights, slots, masks, values = update()
+        else:
+            weights, slots, masks, values = ops.cond(is_update, update, current)
         for u, w, s, m in zip(units, weights, slots, masks):
             u.weight.assign(w)
             for variable, value in zip(u.slots, s):
@@ -340,56 +394,3 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def update_count(self) -> int:
         """How many mask updates ran."""
         return int(ops.convert_to_numpy(self.stats["updates"].value))
-
-
-# -- model.fit plumbing of the method callbacks (tf_lottery.dst.callback delegates here)
-def fit_begin(method, model, total_steps) -> None:
-    """``on_train_begin`` on a Keras 3 model: wraps the compiled optimizer for this fit."""
-    current = model.optimizer
-    if isinstance(current, SparseOptimizer):
-        if current.installed_by is None:
-            raise ValueError(f"{type(method).__name__}: the model's optimizer is a "
-                             "tfl.SparseOptimizer, which already updates the masks; drop the "
-                             "callback (or compile with the plain optimizer)")
-        _uninstall(model, current)  # left by a fit that raised before on_train_end
-    method._check_schedule(total_steps)
-    method._check_model(model)
-    if not method.updater.updates:
-        return  # static sparse: the masked layers keep the masks, nothing to install
-    object.__setattr__(method, "_keras3_optimizer", None)
-    wrapper = SparseOptimizer(model.optimizer, model, method)
-    object.__setattr__(wrapper, "installed_by", method)
-    model.optimizer = wrapper
-    model.make_train_function(force=True)
-
-
-def _uninstall(model, wrapper) -> None:
-    wrapper.release()
-    model.optimizer = wrapper.inner_optimizer
-    model.train_function = None
-
-
-def _record(method, wrapper) -> None:
-    record = wrapper.last_update()
-    if record is not None and (not method.history or method.history[-1] != record):
-        method.history.append(record)
-        if method.verbose:
-            print(f"{type(method).__name__} step {record['step']}: {method.amount_name} "
-                  f"{record[method.amount_name]:.4f}, {sum(record['grown'].values())} grown, "
-                  f"{sum(record['dropped'].values())} dropped")
-
-
-def fit_epoch_end(method, model) -> None:
-    """``on_epoch_end``: the model's masks catch up (JAX) and the last update is logged."""
-    wrapper = model.optimizer
-    if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
-        wrapper.sync_masks()
-        _record(method, wrapper)
-
-
-def fit_end(method, model) -> None:
-    """``on_train_end``: removes the wrapper; the model keeps the masks it reached."""
-    wrapper = model.optimizer
-    if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
-        _record(method, wrapper)
-        _uninstall(model, wrapper)

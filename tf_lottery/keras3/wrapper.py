@@ -69,6 +69,9 @@ class _KerasArrays(guard.ArrayIO):
             return False  # a JAX buffer donated to a training step since
         return bool(ops.all(ops.equal(a, b)))
 
+    def copy(self, value):
+        return ops.copy(value)
+
     def ready(self, weight, mask) -> bool:
         """On JAX: not inside a traced step (there the writes are an optimizer's own, e.g.
         weight decay, which move no masked entry), and both variables hold live buffers:
@@ -175,7 +178,7 @@ class MaskedLayer(keras.layers.Wrapper):
         """Names of the masked weights inside the layer ("kernel", "query_kernel", ...)."""
         return list(self._names)
 
-    def set_dense_gradients(self, on: bool) -> None:
+    def set_dense_gradients(self, on: bool, masks=None) -> None:
         """Hands the masking of this layer's weights to a sparse-training optimizer.
 
         While ``on``, the forward pass computes with the raw weights and the backward pass
@@ -183,8 +186,11 @@ class MaskedLayer(keras.layers.Wrapper):
         optimizer (``tf_lottery.keras3.SparseOptimizer``) masks the gradients and zeroes
         dropped weights with their state, so masked entries stay exactly 0. Set it before
         the training step is traced; ``on=False`` restores the layer's own gradient mask.
+        ``masks``: the optimizer's copies of the masks (JAX; one variable per
+        ``masked_weights`` pair), by which outside writes are masked while ``on``.
         """
         self._dense_gradients = bool(on)
+        self._guard.follow(masks if on else None)
 
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:

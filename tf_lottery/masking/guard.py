@@ -52,6 +52,10 @@ class ArrayIO:
     def equal(self, a, b) -> bool:
         raise NotImplementedError
 
+    def copy(self, value):
+        """A copy of ``value`` in its own buffer."""
+        raise NotImplementedError
+
     def can_write(self) -> bool:
         """False where a hook must not write (a replica of a multi-replica strategy)."""
         return True
@@ -96,11 +100,41 @@ class WriteGuard:
 
     def __init__(self, pairs, io: ArrayIO):
         self.pairs = list(pairs)
+        self.own = list(self.pairs)
         self.io = io
         self._written = [None] * len(self.pairs)
         for index, (weight, mask) in enumerate(self.pairs):
             _hook(io.target(weight), functools.partial(self._after_weight_write, index), io)
-            _hook(io.target(mask), functools.partial(self._after_mask_write, index), io)
+            _hook(io.target(mask), functools.partial(self._after_own_mask_write, index), io)
+
+    def follow(self, copies=None) -> None:
+        """Masks outside writes by ``copies`` (one variable per pair, e.g. a
+        sparse-training optimizer's own copies of the masks on JAX) instead of the layer's
+        masks, which then lag and whose writes then mask nothing. A copy written from
+        eager code (a JAX trainer writing its state back, in the order weights, layer
+        masks, optimizer variables) masks its weight as a mask write does and is written
+        into the layer's mask. ``None``: the layer's masks again."""
+        if copies is None:
+            self.pairs = list(self.own)
+            return
+        self.pairs = [(weight, copy) for (weight, _), copy in zip(self.own, copies)]
+        for index, ((_, mask), copy) in enumerate(zip(self.own, copies)):
+            if copy is not mask:
+                _hook(self.io.target(copy),
+                      functools.partial(self._after_copy_write, index, copy), self.io)
+
+    def _after_own_mask_write(self, index: int) -> None:
+        if self.pairs[index][1] is self.own[index][1]:  # (else the copy rules)
+            self._after_mask_write(index)
+
+    def _after_copy_write(self, index: int, copy) -> None:
+        weight, current = self.pairs[index]
+        if current is not copy or not self.io.ready(weight, copy):
+            return
+        self._after_mask_write(index)
+        value = self.io.read(copy)
+        if self.io.concrete(value):
+            raw_assign(self.io.target(self.own[index][1]), self.io.copy(value))
 
     def _after_weight_write(self, index: int) -> None:
         weight, mask = self.pairs[index]
