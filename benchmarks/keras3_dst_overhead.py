@@ -1,13 +1,15 @@
 """Training-step cost of RigL and static sparse training against dense training on Keras 3,
-per backend (TensorFlow, JAX), LeNet-300-100 shapes (784-300-100-10, MNIST-shaped
-synthetic batches), SGD with momentum 0.9:
+per backend (TensorFlow, JAX), on LeNet-300-100 (784-300-100-10, MNIST-shaped synthetic
+batches of 100) or ResNet-20 (``--shape resnet20``: CIFAR-shaped batches of 128, as
+``benchmarks/rigl_overhead.py`` times the tf_keras path), SGD with momentum 0.9:
 
 - dense:  the plain model, Keras' own compiled train step;
 - static: ``tfl.sparsify(model, 0.9, "erk")`` with the plain optimizer (the masked
   layers; what ``tfl.StaticSparse`` trains with);
-- rigl:   the same sparse model compiled with ``tfl.SparseOptimizer(SGD, model,
-  tfl.RigL(delta_t=100))`` (what the ``tfl.RigL`` callback installs for a fit call): dense
-  gradients, masked update, and the in-graph mask update at every 100th step.
+- rigl:   the same sparse model with what the ``tfl.RigL(delta_t=100)`` callback installs
+  when ``fit`` begins (``tfl.SparseOptimizer`` around SGD; on JAX, the ordinary and the
+  update step compiled apart): dense gradients, masked update, and the mask update at
+  every 100th step.
 
 Each variant's compiled train function (the one ``model.fit`` calls every step) is called
 directly, interleaved step by step (the order rotates every round), each call timed to
@@ -29,18 +31,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _variant(name, args, x, y):
     import keras
     import tf_lottery as tfl
+    from keras3_models import SHAPES
+    from tf_lottery.keras3.dst_fit import fit_begin
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((784,))
-    h = keras.layers.Dense(300, activation="relu", name="fc1")(inputs)
-    h = keras.layers.Dense(100, activation="relu", name="fc2")(h)
-    model = keras.Model(inputs, keras.layers.Dense(10, name="fc3")(h))
+    model = SHAPES[args.shape][0]()
     optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     if name != "dense":
         model = tfl.sparsify(model, args.sparsity, args.distribution, seed=0)
-    if name == "rigl":
-        optimizer = tfl.SparseOptimizer(optimizer, model, tfl.RigL(
-            delta_t=args.delta_t, end_step=10 ** 8))
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if name == "rigl":  # what the callback does when fit begins
+        model.optimizer.build(model.trainable_variables)
+        fit_begin(tfl.RigL(delta_t=args.delta_t, end_step=10 ** 8), model, None)
     return _Runner(name, model, x, y)
 
 
@@ -56,7 +57,7 @@ class _Runner:
         self.updates = []  # indices into times of RigL's update steps
         if not model.optimizer.built:  # (fit builds it before its first step)
             model.optimizer.build(model.trainable_variables)
-        model.make_train_function()
+        model.make_train_function()  # (keeps the one the RigL callback installed)
         if self.backend == "jax":
             import itertools
             import jax.numpy as jnp
@@ -97,11 +98,13 @@ def run(args):
     import numpy as np
     import tf_lottery as tfl
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(args.batch,)).astype("int32")
+    from keras3_models import SHAPES
+    batch = args.batch or {"lenet": 100, "resnet20": 128}[args.shape]
+    x = rng.normal(size=(batch, *SHAPES[args.shape][1])).astype("float32")
+    y = rng.integers(0, 10, size=(batch,)).astype("int32")
     print(f"Keras {keras.__version__}, backend {keras.config.backend()}, {os.cpu_count()} CPU "
           f"cores, load average {os.getloadavg()[0]:.2f} at start")
-    print(f"LeNet-300-100, batch {args.batch}, sparsity {args.sparsity} ({args.distribution}), "
+    print(f"{args.shape}, batch {batch}, sparsity {args.sparsity} ({args.distribution}), "
           f"RigL delta_t={args.delta_t}: {args.rounds} rounds x {args.delta_t} steps per "
           "variant, interleaved step by step")
     begin = time.perf_counter()
@@ -162,7 +165,9 @@ def main(argv=None):
                         help="run in this process with this backend (default: both, each "
                         "in its own process)")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--shape", choices=("lenet", "resnet20"), default="lenet")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: 100 (lenet), 128 (resnet20)")
     parser.add_argument("--delta-t", type=int, default=100)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--distribution", default="erk")
