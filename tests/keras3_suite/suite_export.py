@@ -114,3 +114,168 @@ def test_export_two_inputs_and_named_outputs(tmp_path):
     assert sorted(report["signature"]["outputs"]) == ["logits", "score"]
     assert report["verification"]["max_abs_diff"] <= 1e-5
     assert report["verification"]["masked_weights_checked"] == 3
+
+
+# ------------------------------------------------------------------ run folders
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    return (x[:240], y[:240].astype("int32")), (x[240:360], y[240:360].astype("int32"))
+
+
+def _mlp():
+    inputs = keras.Input((64,), name="pixels")
+    h = L.Dense(24, activation="relu", name="fc")(inputs)
+    return keras.Model(inputs, L.Dense(10, name="out")(h))
+
+
+def _served(saved_model_dir, x):
+    """The outputs of the exported SavedModel's serving signature on ``x`` (plain TF)."""
+    import tensorflow as tf
+    serve = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    (name,) = serve.structured_input_signature[1]
+    (out,) = serve(**{name: tf.constant(x)}).values()
+    return out.numpy()
+
+
+def _export_with_tensorflow(args):
+    """``tools/export.py ARGS`` in a process on Keras 3's TensorFlow backend (the fix the
+    other backends' messages give); returns the finished process."""
+    import subprocess
+    import sys
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_export_run_of_an_imp_level_and_control(tmp_path):
+    """A Keras 3 IMP run folder (model.json and Keras 3 weight files) gives back level 1's
+    reinit control with its test accuracy and the ticket's masks; ``export_run`` exports it
+    through Keras 3's model.export with the run's provenance, and the SavedModel computes
+    what the masked model computes. PyTorch: a one-line error with the fix, and the fix
+    (the TensorFlow backend, in another process) exports the PyTorch-trained run."""
+    from tf_lottery.export.run_folder import (RunExportError, architecture_keras, export_run,
+                                              load_run_model)
+    from tf_lottery.lottery import IterativeMagnitudePruning, results
+
+    train, test = _digits()
+    folder = tmp_path / "run"
+    rows = IterativeMagnitudePruning(
+        _mlp, train, test, lambda: keras.optimizers.SGD(0.05), output_dir=str(folder),
+        epochs=1, batch_size=40, levels=2, controls=("reinit", "random_mask"),
+        verbose=0).run()
+    assert architecture_keras((folder / "model.json").read_text()) == 3
+    model, provenance = load_run_model(str(folder), level=1, kind="reinit")
+    assert isinstance(model, keras.Model)
+    row = next(r for r in rows if (r["level"], r["kind"]) == (1, "reinit"))
+    assert provenance["method"] == "imp_reinit" and provenance["kind"] == "reinit"
+    assert provenance["remaining"] == row["remaining"] and provenance["level"] == 1
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    scores = model.evaluate(*test, batch_size=60, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(row["test_accuracy"], abs=1e-6)
+    masks = results.read_arrays(str(folder / "level_1" / "masks.npz"))  # the ticket's masks
+    assert sorted(tfl.get_masks(model)) == sorted(masks)
+    for key, weight in tfl.get_weights(model).items():
+        np.testing.assert_array_equal(tfl.get_masks(model)[key], masks[key])
+        assert not np.any(weight[masks[key] == 0])
+    ticket, _ = load_run_model(str(folder))  # default: the last level's main line
+    assert not np.array_equal(tfl.get_weights(ticket)["fc/kernel"],
+                              tfl.get_weights(model)["fc/kernel"])
+    x = test[0][:8]
+    expected = keras.ops.convert_to_numpy(model(x))
+    target = folder / "export" / "level_1_reinit"
+    if BACKEND == "torch":  # no SavedModel from PyTorch: the error names the fix ...
+        with pytest.raises(RunExportError) as error:
+            export_run(str(folder), level=1, kind="reinit", tflite=False, verbose=False)
+        message = str(error.value)
+        assert "\n" not in message and "KERAS_BACKEND=tensorflow tf-lottery export" in message
+        assert not (folder / "export").exists()
+        done = _export_with_tensorflow([f"--run_dir={folder}", "--level=1", "--kind=reinit",
+                                        "--notflite", "--noverify"])  # ... and the fix works
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads((target / "export_report.json").read_text())
+        assert report["keras"]["backend"] == "tensorflow"
+    else:
+        report = export_run(str(folder), level=1, kind="reinit", tflite=False,
+                            verbose=False)
+        assert report["keras"]["backend"] == BACKEND
+        check = report["verification"]  # also checked in a fresh process without tf_lottery
+        assert check["max_abs_diff"] <= 1e-5 and check["masked_weights_checked"] == 2
+        assert check["nonzeros"] == check["nonzeros_expected"]
+    assert report["prunable"]["active"] == sum(int(m.sum()) for m in masks.values())
+    np.testing.assert_allclose(_served(target / "saved_model", x), expected, atol=1e-5)
+    saved = json.loads((target / "sparsity.json").read_text())["provenance"]
+    assert (saved["method"], saved["level"], saved["kind"]) == ("imp_reinit", 1, "reinit")
+    assert saved["remaining"] == row["remaining"] and saved["run_dir"] == str(folder)
+
+
+def test_export_cli_on_a_sparse_training_run(tmp_path, capsys):
+    """``tf-lottery train --keras=3`` (RigL, 4 steps) then ``tf-lottery export --run_dir``:
+    model.h5 holds Keras 3's .keras format; the export's SavedModel computes what the run's
+    masked model computes, with its provenance. The same train command with ``--export``
+    on the finished run exports it too. A backend without SavedModel export (PyTorch) is a
+    one-line error naming the fix, which exports the run from another process."""
+    import gin
+
+    from tf_lottery import cli
+    from tf_lottery.export.run_folder import load_run_model
+    from tf_lottery.keras3.files import is_keras3_archive
+    from tf_lottery.training import train as training
+
+    run = tmp_path / "rigl"
+    argv = ["tf-lottery train",
+            f"--gin_file={os.path.join(ROOT, 'gin_configs', 'digits_lenet300100_rigl.gin')}",
+            "--gin_param=train.max_steps = 4", f"--output_dir={run}", "--keras=3",
+            f"--backend={BACKEND}"]
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.run("train", argv)
+        assert done.value.code in (0, None)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert is_keras3_archive(str(run / "model.h5"))
+        model, provenance = load_run_model(str(run))
+        assert isinstance(model, keras.Model)
+        assert training.checksums(model) == metrics["checksums"]  # the trained weights
+        assert provenance["method"] == "RigL" and provenance["level"] == metrics["sparsity"]
+        x = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype("float32")
+        expected = keras.ops.convert_to_numpy(model(x))
+        capsys.readouterr()
+        out = tmp_path / "exported"
+        export_argv = ["tf-lottery export", f"--run_dir={run}", f"--output_dir={out}",
+                       "--notflite"]
+        with pytest.raises(SystemExit) as done:
+            cli.run("export", export_argv)
+        if BACKEND == "torch":
+            assert done.value.code == 2 and not out.exists()
+            err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(
+                "tf-lottery export:")]
+            assert len(err) == 1 and "KERAS_BACKEND=tensorflow tf-lottery export" in err[0]
+            finished = _export_with_tensorflow(export_argv[1:])
+            assert finished.returncode == 0, finished.stderr[-3000:]
+        else:
+            assert done.value.code in (0, None)
+            assert "SavedModel check (fresh process, no tf_lottery)" in capsys.readouterr().out
+        np.testing.assert_allclose(_served(out / "saved_model", x), expected, atol=1e-5)
+        sparsity = json.loads((out / "sparsity.json").read_text())
+        assert sparsity["provenance"]["method"] == "RigL"
+        assert sparsity["provenance"]["run_dir"] == str(run)
+        assert sparsity["sparsity"] == pytest.approx(metrics["sparsity"], abs=1e-6)
+        if BACKEND != "torch":  # the finished run again, now with --export
+            gin.clear_config()
+            cli.forget_train_flags()
+            with pytest.raises(SystemExit) as done:
+                cli.run("train", argv + ["--export"])
+            assert done.value.code in (0, None)
+            np.testing.assert_allclose(_served(run / "export" / "saved_model", x), expected,
+                                       atol=1e-5)
+    finally:
+        gin.clear_config()
+        cli.forget_train_flags()

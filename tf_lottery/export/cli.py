@@ -5,7 +5,9 @@ Two sources, one of them:
 - ``--run_dir=RUN`` (the ``--output_dir`` of ``tf-lottery train``): an IMP run's level
   ``--level=N`` (default: the last finished one) of kind ``--kind=ticket|reinit|random_mask|
   finetune|lr_rewind`` (default: the run's main line), or a sparse-training run's model;
-  written to ``RUN/export/level_<N>_<kind>`` (IMP) or ``RUN/export`` unless ``--output_dir``;
+  written to ``RUN/export/level_<N>_<kind>`` (IMP) or ``RUN/export`` unless ``--output_dir``.
+  A run trained with Keras 3 (its files say so) is rebuilt with Keras 3 and exported like a
+  Keras 3 ``.keras`` file, on the process's ``KERAS_BACKEND`` (``tensorflow`` for LiteRT);
 - ``--checkpoint=PATH``: a tf_keras model saved with ``model.save`` (SavedModel folder,
   .keras or .h5), or a Keras 3 ``.keras`` file (exported through Keras 3's
   ``model.export`` on the process's ``KERAS_BACKEND``), usually a masked model;
@@ -66,19 +68,6 @@ def define_flags(flag_values=flags.FLAGS) -> None:
             define(name, default, help_text, flag_values=flag_values)
 
 
-def _keras3_file(local: str) -> bool:
-    """Whether ``local`` is a ``.keras`` file written by Keras 3 (its metadata.json says)."""
-    import json
-    import zipfile
-    if not zipfile.is_zipfile(local):
-        return False
-    with zipfile.ZipFile(local) as archive:
-        if "metadata.json" not in archive.namelist():
-            return False
-        version = str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
-    return version.startswith("3.")
-
-
 def load_checkpoint(path: str):
     """The model saved at ``path``, MaskedLayers included: tf_keras, or Keras 3 for a
     ``.keras`` file Keras 3 wrote (loaded on the process's KERAS_BACKEND)."""
@@ -88,10 +77,10 @@ def load_checkpoint(path: str):
     if not _io.gfile.exists(path):
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
     if not _io.gfile.isdir(path) and path.endswith(".keras"):
+        from tf_lottery.keras3.files import is_keras3_archive  # registers MaskedLayer too
         with _io.local_copy(path) as local:
-            if _keras3_file(local):
+            if is_keras3_archive(local):
                 import keras as keras3
-                import tf_lottery.keras3  # noqa: F401  (registers MaskedLayer with Keras 3)
                 return keras3.saving.load_model(local, compile=False)
     if _io.gfile.isdir(path):  # a SavedModel: TensorFlow reads it from any gfile path
         return keras.models.load_model(path, custom_objects=tfl.custom_objects(), compile=False)

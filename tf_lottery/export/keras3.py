@@ -80,8 +80,9 @@ def litert_unavailable(backend: str):
     if backend in LITERT_BACKENDS:
         return None
     return (f"Keras 3 exports LiteRT only from the TensorFlow backend, not {backend}: "
-            "save the model (model.save('m.keras')) and export it again with "
-            "KERAS_BACKEND=tensorflow, or pass tflite=False")
+            "export again with KERAS_BACKEND=tensorflow (tf-lottery export --run_dir, or "
+            "--checkpoint of the model saved with model.save('m.keras')), or pass tflite=False "
+            "(--notflite)")
 
 
 def export(model, path, overwrite=False, sample=None, provenance=None, tflite=True, *,

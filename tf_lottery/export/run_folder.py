@@ -9,9 +9,19 @@
 - sparse-training runs: ``model.h5`` (the whole masked model), also each cell
   ``cells/<method>_<sparsity>/trial_<k>`` of a sparsity sweep.
 
+Runs of ``tf-lottery train --keras=3`` write the same files with Keras 3, and the files say
+which Keras wrote them (never the environment): tf_keras's ``model.json`` names its
+``keras_version`` (2.x), Keras 3's is a ``serialize_keras_object`` dict (``module``,
+``class_name``, no version); tf_keras's ``model.h5`` is HDF5, Keras 3's the ``.keras`` zip
+with a Keras 3 ``metadata.json``. A Keras 3 run is rebuilt with Keras 3 on this process's
+backend (``KERAS_BACKEND``; saved weights do not depend on the backend that trained them,
+so a JAX or PyTorch run loads on TensorFlow) and exported by ``tf_lottery.export.keras3``
+(Keras 3's ``model.export``: TensorFlow or JAX backend; LiteRT files on TensorFlow only).
+
 ``export_run`` exports it with ``tf_lottery.export.export`` (provenance: the run's
 ``config.gin``, level, kind and weights remaining).
 """
+import json
 import os
 from typing import Optional, Tuple
 
@@ -21,6 +31,34 @@ from tf_lottery.lottery import results
 
 class RunExportError(ValueError):
     """The run folder does not hold the model asked for (the message says what it holds)."""
+
+
+def architecture_keras(text: str) -> int:
+    """2 (tf_keras) or 3 (Keras 3): the Keras whose ``model.to_json()`` wrote ``text``.
+    tf_keras always writes ``keras_version``; Keras 3 writes ``module`` and no version."""
+    spec = json.loads(text)
+    version = str(spec.get("keras_version", ""))
+    return 3 if version.startswith("3.") or (not version and "module" in spec) else 2
+
+
+def _keras3():
+    import keras
+    import tf_lottery.keras3  # noqa: F401  (registers MaskedLayer with Keras 3)
+    return keras
+
+
+def _load_trained(path: str):
+    """The whole masked model a sparse-training run saved as ``model.h5``: tf_keras HDF5,
+    or Keras 3's ``.keras`` zip under that name."""
+    import tf_lottery as tfl
+    from tf_lottery._keras import keras
+    from tf_lottery.keras3.files import is_keras3_archive, load_model
+
+    with _io.local_copy(path) as local:  # h5py and zipfile read local files only
+        if is_keras3_archive(local):
+            return load_model(local)
+        return keras.models.load_model(local, custom_objects=tfl.custom_objects(),
+                                       compile=False)
 
 
 def _imp_choice(run_dir: str, config: dict, level: Optional[int], kind: Optional[str]):
@@ -46,7 +84,8 @@ def _imp_choice(run_dir: str, config: dict, level: Optional[int], kind: Optional
 
 def load_run_model(run_dir: str, level: Optional[int] = None,
                    kind: Optional[str] = None) -> Tuple[object, dict]:
-    """The masked tf_keras model a run folder holds, and its provenance (a dict).
+    """The masked model (tf_keras or Keras 3, as the run was trained) a run folder holds,
+    and its provenance (a dict).
 
     ``level`` (default: the last finished level) and ``kind`` (default: the run's main
     line) choose an IMP model; a sparse-training run holds one model and takes neither.
@@ -80,9 +119,7 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
             raise RunExportError(f"{run_dir} is not finished (no metrics.json); run the same "
                                  "train command again to finish it, then export")
         metrics = results.read_json(metrics_file)
-        with _io.local_copy(os.path.join(run_dir, "model.h5")) as h5:  # h5py: local files
-            model = keras.models.load_model(h5, custom_objects=tfl.custom_objects(),
-                                            compile=False)
+        model = _load_trained(os.path.join(run_dir, "model.h5"))
         provenance.update(method=metrics.get("method"), level=metrics.get("sparsity", 0.0))
         return model, provenance
     if int(config.get("trials", 1)) > 1:
@@ -94,16 +131,19 @@ def load_run_model(run_dir: str, level: Optional[int] = None,
     if not _io.gfile.exists(architecture):
         raise RunExportError(f"{run_dir} has no model.json (the model could not be saved as "
                              "JSON); rebuild the model in Python and load "
-                             f"level_{level}/weights.h5 into tfl.sparsify(model, 0.0)")
+                             f"level_{level}/weights.h5 into tfl.sparsify(model, 0.0) with "
+                             "tf_lottery.lottery.results.load_weights")
     weights = os.path.join(run_dir, f"level_{level}",
                            "weights.h5" if kind == mode else f"weights_{kind}.h5")
     if not _io.gfile.exists(weights):
         raise RunExportError(f"{weights} is missing (runs made by an older tf-lottery "
                              "kept only the main line's weights); train the run again")
-    model = keras.models.model_from_json(_io.read_bytes(architecture).decode("utf-8"),
-                                         custom_objects=tfl.custom_objects())
-    with _io.local_copy(weights) as h5:
-        model.load_weights(h5)
+    text = _io.read_bytes(architecture).decode("utf-8")
+    if architecture_keras(text) == 3:
+        model = _keras3().models.model_from_json(text)
+    else:
+        model = keras.models.model_from_json(text, custom_objects=tfl.custom_objects())
+    results.load_weights(model, weights)  # either Keras's weight file format
     metrics = results.read_json(os.path.join(run_dir, f"level_{level}", "metrics.json"))
     row = next((r for r in metrics["kinds"] if r["kind"] == kind), {})
     provenance.update(method=f"imp_{kind}", level=level, kind=kind,
@@ -122,8 +162,17 @@ def default_output(run_dir: str, provenance: dict) -> str:
 def export_run(run_dir: str, output_dir: Optional[str] = None, level: Optional[int] = None,
                kind: Optional[str] = None, **export_kwargs):
     """Exports one model of a run folder (see ``load_run_model``); returns the report."""
+    from tf_lottery.dispatch import is_keras3
     from tf_lottery.export import export
+    from tf_lottery.export.keras3 import SAVED_MODEL_BACKENDS
 
     model, provenance = load_run_model(run_dir, level, kind)
+    backend = _keras3().config.backend() if is_keras3(model) else None
+    if backend is not None and backend not in SAVED_MODEL_BACKENDS:
+        raise RunExportError(
+            f"{run_dir} is a Keras 3 run and Keras {_keras3().__version__} cannot write a "
+            f"SavedModel on the {backend} backend this process runs: export it with "
+            f"KERAS_BACKEND=tensorflow tf-lottery export --run_dir={run_dir} (the run loads "
+            "on any backend; jax works too, without LiteRT files)")
     path = output_dir or default_output(run_dir, provenance)
     return export(model, path, provenance=provenance, **export_kwargs)

@@ -5,9 +5,11 @@ folder keeps ``level_<i>/weights.h5`` for both Kerases. These helpers go through
 private ``.weights.h5`` path (a hard link when possible, else a copy), so the caller's
 name and atomic write are kept.
 """
+import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 from tf_lottery._io import gfile, is_local
 
@@ -54,3 +56,16 @@ def load_model(path: str):
         named = os.path.join(folder, "model.keras")
         gfile.copy(path, named, overwrite=True)
         return keras.saving.load_model(named, compile=False)
+
+
+def is_keras3_archive(local: str) -> bool:
+    """Whether the local file ``local`` is a model Keras 3 saved in its ``.keras`` format (a
+    zip whose ``metadata.json`` names a Keras 3 version), whatever its name; tf_keras's
+    ``.h5`` files and Keras 2 ``.keras`` archives are not."""
+    if not zipfile.is_zipfile(local):
+        return False
+    with zipfile.ZipFile(local) as archive:
+        if "metadata.json" not in archive.namelist():
+            return False
+        version = str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+    return version.startswith("3.")

@@ -365,12 +365,11 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     Resumable: ``keras.callbacks.BackupAndRestore`` keeps the state of the epoch in
     progress under ``backup_dir`` (default ``output_dir/backup``); a finished run
     (``metrics.json``) is not trained again. Writes TensorBoard logs, ``model.h5`` (the
-    masked model; ``tfl.custom_object_scope`` loads it), ``metrics.json`` and, for sparse
-    runs, ``layer_sparsity.png``.
+    masked model: HDF5 that ``tfl.custom_object_scope`` loads, under ``train.keras = 3``
+    Keras 3's ``.keras`` format; ``tf-lottery export --run_dir`` reads either),
+    ``metrics.json`` and, for sparse runs, ``layer_sparsity.png``.
     """
-    from tf_lottery.dispatch import (is_keras3, keras_of, set_random_seed, sparsify,
-                                     sparsity_report)
-    from tf_lottery.masking.api import custom_object_scope
+    from tf_lottery.dispatch import keras_of, set_random_seed, sparsify, sparsity_report
 
     loaded = data(**({"data_dir": data_dir} if data_dir else {}))
     method = _method(updater, sparsity)
@@ -409,13 +408,10 @@ def sparse_training(output_dir: str, overwrite: bool = False, model: Callable = 
     if _io.gfile.exists(folder.file("metrics.json")):
         log.info("%s: this run is finished", output_dir)
         metrics = results.read_json(folder.file("metrics.json"))
-        if export and is_keras3(net):
-            from tf_lottery.keras3.files import load_model
-            net = load_model(folder.file("model.h5"))
-        elif export:
-            with custom_object_scope(), _io.local_copy(folder.file("model.h5")) as h5:
-                net = keras.models.load_model(h5, compile=False)
-            _export(net, os.path.join(output_dir, "export"),
+        if export:
+            from tf_lottery.export.run_folder import load_run_model
+            trained, _ = load_run_model(output_dir)  # tf_keras or Keras 3, as saved
+            _export(trained, os.path.join(output_dir, "export"),
                     {"method": method, "level": sparsity})
         return metrics
     callbacks = [keras.callbacks.BackupAndRestore(backup_dir or folder.file("backup")),
