@@ -2,8 +2,9 @@
 PyTorch where torch is installed), each file in its own process: the backend is fixed per
 process, and this process runs tf_keras.
 
-suite_distributed.py runs without conftest.py (it sets up 2 logical TensorFlow CPUs, which
-must happen before anything starts TensorFlow) and, on JAX, with 2 host devices."""
+The data-parallel suites (suite_distributed*.py) run without conftest.py (they set up 2
+logical TensorFlow CPUs, which must happen before anything starts TensorFlow) and, on JAX,
+with 2 host devices."""
 import importlib.util
 import os
 import pathlib
@@ -37,7 +38,7 @@ CASES = [(suite, backend) for suite in SUITES for backend in ("tensorflow", "jax
 def test_keras3_suite(suite, backend):
     env = _env(KERAS_BACKEND=backend)
     options = []
-    if suite == "suite_distributed.py":
+    if suite.startswith("suite_distributed"):
         options = ["--noconftest"]
         if backend == "jax":
             env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""),

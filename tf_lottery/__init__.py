@@ -23,9 +23,10 @@
 - ``tfl.train``: the gin entry point of ``tf-lottery train``.
 """
 from tf_lottery import _keras  # noqa: F401  (imports tf_keras and tfmot, leaves tf.keras alone)
-from tf_lottery.masking.api import check_masks_agree, custom_object_scope, custom_objects
-from tf_lottery.dispatch import (apply_masks, get_masks, get_weights, masked_layers,  # both Kerases
-                                 set_masks, sparsify, sparsity_distribution, sparsity_report, strip)
+from tf_lottery.masking.api import custom_object_scope, custom_objects
+from tf_lottery.dispatch import (apply_masks, check_masks_agree, get_masks,  # both Kerases
+                                 get_weights, masked_layers, set_masks, sparsify,
+                                 sparsity_distribution, sparsity_report, strip)
 from tf_lottery.masking.wrapper import MaskedLayer
 from tf_lottery.export import export
 from tf_lottery.export.compact import compact

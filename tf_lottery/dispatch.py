@@ -41,6 +41,7 @@ masked_layers = _route("masked_layers")
 sparsity_distribution = _route("sparsity_distribution")
 sparsity_report = _route("sparsity_report")
 output_keys = _route("output_keys")
+check_masks_agree = _route("check_masks_agree")
 
 
 def keras_of(model):

@@ -6,12 +6,13 @@ Same contract as ``tf_lottery.masking.api`` (the tf_keras path): a *weight key* 
 does not touch Keras (pins, per-weight sparsities, ``dense_layers``, mask checks, report
 rows) is shared with that path: ``tf_lottery.masking.plan``, ``distributions``, ``selection``.
 """
+import hashlib
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 
-from tf_lottery.masking import distributions, graph, plan, selection
+from tf_lottery.masking import agreement, distributions, graph, plan, selection
 from tf_lottery.masking.plan import SparsityReport
 from tf_lottery.keras3 import registry, state
 from tf_lottery.keras3.wrapper import MaskedLayer
@@ -139,7 +140,7 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
     elif mask_init == "magnitude":
         masks = {u.key: selection.magnitude_mask(u.value(), sparsities[u.key]) for u in units}
     else:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_shared_seed(model, seed))
         masks = {u.key: selection.random_mask(u.shape, sparsities[u.key], rng) for u in units}
 
     to_wrap = {id(u.layer) for u in units}
@@ -147,7 +148,59 @@ def sparsify(model, sparsity: float, distribution: str = "erk", mask_init: str =
         model, clone_function=lambda layer: MaskedLayer(layer) if id(layer) in to_wrap else layer,
         recursive=True)
     set_masks(wrapped, masks)
+    if _strategy(wrapped) is not None:
+        check_masks_agree(wrapped)
     return wrapped
+
+
+def _strategy(model):
+    """The multi-replica ``tf.distribute`` strategy in scope or ``model``'s (TensorFlow
+    backend), else None."""
+    if keras.config.backend() != "tensorflow":
+        return None
+    strategy = agreement.current_strategy(model)
+    return strategy if strategy.num_replicas_in_sync > 1 else None
+
+
+def _shared_seed(model, seed):
+    """``seed``, or one drawn from numpy's global generator (``keras.utils.set_random_seed``
+    seeds it); under a multi-worker ``tf.distribute`` strategy the chief's, so that every
+    worker draws the same masks."""
+    if seed is None:
+        seed = int(np.random.randint(0, 2**31 - 1))
+    strategy = _strategy(model)
+    return seed if strategy is None else agreement.chief_seed(seed, strategy)
+
+
+def check_masks_agree(model, strategy=None) -> str:
+    """Raises RuntimeError unless every device holds the same masks; returns a 16-hex-digit
+    digest of them (as ``tf_lottery.masking.api.check_masks_agree``).
+
+    TensorFlow: one all-gather of mask digests across the replicas and workers of
+    ``strategy`` (default: the one in scope, else the model's); every worker must call it at
+    the same point. JAX: every device's copy of each mask (``addressable_shards``; one
+    process) must equal the first.
+    """
+    units = _masked_units(model)
+    keys = [u.key for u in units]
+    if keras.config.backend() == "tensorflow":
+        return agreement.check_agree(keys, [u.mask.value for u in units],
+                                     strategy or agreement.current_strategy(model))
+    sync(model)
+    differ = []
+    digest = hashlib.sha256()
+    for u in units:
+        value = u.mask.value
+        copies = ([np.asarray(s.data) for s in value.addressable_shards]
+                  if hasattr(value, "addressable_shards") else [keras.ops.convert_to_numpy(value)])
+        copies = [np.asarray(c, np.float32) for c in copies]
+        differ += [f"device {i} on {u.key!r}" for i, c in enumerate(copies[1:], 1)
+                   if c.shape != copies[0].shape or not np.array_equal(c, copies[0])]
+        digest.update(np.ascontiguousarray(copies[0] != 0).tobytes())
+    if differ:
+        raise RuntimeError("masks differ from device 0's: " + "; ".join(differ) + ". Change "
+                           "masks only through tf-lottery (tfl.set_masks and its updates)")
+    return digest.hexdigest()[:16]
 
 
 def masked_layers(model) -> List[MaskedLayer]:

@@ -24,12 +24,15 @@ masked (``MaskedLayer.set_dense_gradients``), so every backward pass gives
 dL/d(w * m) at no extra cost, and the wrapper masks it before the optimizer sees it.
 
 Backends. On TensorFlow the update is a ``tf.cond`` with the writes inside (eager or in
-``tf.function``). On JAX the step is stateless (``fit`` calls ``stateless_apply`` inside
-``jax.jit``): the wrapper carries copies of the masks, the SNFS momentum and the update
-statistics among its ``variables``, and the update is a functional ``ops.cond``. The
-model's own mask variables cannot be written from a stateless optimizer step, so on JAX
-they are brought up to date by ``sync_masks()`` (the ``fit`` callback does it at every
-epoch end; a custom JAX loop calls it after assigning its state back to the variables).
+``tf.function``); in a multi-replica ``tf.distribute`` step the dense gradients are summed
+across replicas first and the update runs once, in cross-replica context
+(``tf_lottery.keras3.replicas``). On JAX the step is stateless (``fit`` calls
+``stateless_apply`` inside ``jax.jit``): the wrapper carries copies of the masks, the SNFS
+momentum and the update statistics among its ``variables``, and the update is a functional
+``ops.cond``. The model's own mask variables cannot be written from a stateless optimizer
+step, so on JAX they are brought up to date by ``sync_masks()`` (the ``fit`` callback does it
+at every epoch end; a custom JAX loop calls it after assigning its state back to the
+variables).
 """
 import contextlib
 from typing import Optional
@@ -39,7 +42,7 @@ import numpy as np
 from keras import ops
 
 from tf_lottery.dst import arrays, updaters
-from tf_lottery.keras3 import api, state
+from tf_lottery.keras3 import api, replicas, state
 
 __all__ = ["SparseOptimizer"]
 
@@ -102,7 +105,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once on a batch "
                              "(or build it) before wrapping its optimizer")
-        super().__init__(learning_rate=0.0, name=name or "sparse_" + optimizer.name)
+        with replicas.strategy_scope(model):  # tf.distribute: state mirrored like the model's
+            super().__init__(learning_rate=0.0, name=name or "sparse_" + optimizer.name)
         self.inner_optimizer = optimizer
         method._check_schedule(method.total_steps)
         method._check_model(model)
@@ -116,7 +120,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
         object.__setattr__(self, "_units", self._find_units(model, method))
         object.__setattr__(method, "_keras3_optimizer", self)
-        self.build(model.trainable_variables)
+        with replicas.strategy_scope(model):
+            self.build(model.trainable_variables)
 
     @staticmethod
     def _find_units(model, method):
@@ -151,23 +156,26 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.inner_optimizer.build(var_list)
         n = len(self.units)
         jax = keras.config.backend() == "jax"
+
+        def variable(shape, dtype, name):  # tf.distribute: written equal on every replica
+            return self.add_variable(shape, "zeros", dtype, aggregation="only_first_replica",
+                                     name=name)
         stats = {
-            "step": self.add_variable((), "zeros", "int32", name="dst_step"),
-            "updates": self.add_variable((), "zeros", "int32", name="dst_updates"),
-            "amount": self.add_variable((), "zeros", "float32", name="dst_amount"),
-            "grown": self.add_variable((n,), "zeros", "int32", name="dst_grown"),
-            "dropped": self.add_variable((n,), "zeros", "int32", name="dst_dropped"),
-            "active": self.add_variable((n,), "zeros", "int32", name="dst_active"),
+            "step": variable((), "int32", "dst_step"),
+            "updates": variable((), "int32", "dst_updates"),
+            "amount": variable((), "float32", "dst_amount"),
+            "grown": variable((n,), "int32", "dst_grown"),
+            "dropped": variable((n,), "int32", "dst_dropped"),
+            "active": variable((n,), "int32", "dst_active"),
         }
         object.__setattr__(self, "stats", stats)
         optimizers = state.live_optimizers(None, self.inner_optimizer)
         for u in self._units:
             u.slots, u.fills = state.slots_of(optimizers, u.weight)
             if self.method.updater.needs_momentum and u.index is not None:
-                u.momentum = self.add_variable(u.weight.shape, "zeros", "float32",
-                                               name="dst_momentum")
+                u.momentum = variable(u.weight.shape, "float32", "dst_momentum")
             if jax:
-                u.live = self.add_variable(u.mask.shape, "zeros", "float32", name="dst_mask")
+                u.live = variable(u.mask.shape, "float32", "dst_mask")
         super().build(var_list)
         self.begin()
 
@@ -279,6 +287,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 continue
             unit_grads[u.index] = ops.cast(grads[i], "float32")
             grads[i] = grads[i] * ops.cast(u.live.value, grads[i].dtype)
+        unit_grads = self._global_gradients(unit_grads)
         units = self.units
         self.inner_optimizer.apply(grads, tvars)
         if not updater.updates:
@@ -318,6 +327,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         else:
             self._stateful_update(units, is_update, amount, step, new_masks, record)
 
+    def _global_gradients(self, unit_grads):
+        """The dense gradients of the global batch: under a multi-replica ``tf.distribute``
+        step, summed across replicas (when the method reads them); else unchanged."""
+        updater = self.method.updater
+        if updater.needs_grad == updaters.GRAD_NEVER and not updater.needs_momentum:
+            return unit_grads
+        return replicas.sum_over_replicas(unit_grads)
+
     def _write(self, counts, amount, step):
         stats = self.stats
         stats["grown"].assign(counts[0])
@@ -336,10 +353,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.stats["updates"].assign_add(1)
             return ops.convert_to_tensor(True)
 
+        # once for all replicas under tf.distribute (writes every replica's copy)
         if is_update is None:
-            update()
+            replicas.in_cross_replica(update)
         else:
-            ops.cond(is_update, update, lambda: ops.convert_to_tensor(False))
+            replicas.in_cross_replica(
+                lambda: ops.cond(is_update, update, lambda: ops.convert_to_tensor(False)))
 
     def _functional_update(self, units, is_update, amount, step, new_masks, record):
         """JAX: one ``ops.cond`` over the whole state it may change (weights, slots, mask

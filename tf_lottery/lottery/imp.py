@@ -33,11 +33,10 @@ from tf_lottery.lottery.controls import CONTROLS, reinitialise  # noqa: F401  (p
 from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind
-from tf_lottery.dispatch import (build_optimizer, get_masks, get_weights, is_keras3, keras_of,
-                                 output_keys, reset_optimizer, set_masks, set_random_seed,
-                                 sparsify)
+from tf_lottery.dispatch import (build_optimizer, check_masks_agree, get_masks, get_weights,
+                                 is_keras3, keras_of, output_keys, reset_optimizer, set_masks,
+                                 set_random_seed, sparsify)
 from tf_lottery.masking import selection
-from tf_lottery.masking.api import check_masks_agree
 
 log = logging.getLogger("tf_lottery")
 

@@ -505,6 +505,11 @@ def train(output_dir: str, experiment: Callable = gin.REQUIRED, strategy: str = 
         raise ValueError(f"strategy {strategy!r} is not available for Keras 3 on the "
                          f"{backend or flavour.loaded_backend()} backend: use "
                          "--strategy=default, or the tensorflow backend")
+    if keras == 3 and strategy == "multi_worker":
+        raise ValueError("strategy 'multi_worker' is not available for Keras 3: Keras 3's fit "
+                         "fails under MultiWorkerMirroredStrategy (Keras 3.15, "
+                         "keras-team/keras#20585); use --strategy=mirrored on one machine, or "
+                         "tf_keras (train.keras = 2) on several")
     if not max_steps and os.environ.get(MAX_STEPS_ENV):
         max_steps = int(os.environ[MAX_STEPS_ENV])
     dist = make_strategy(strategy, tpu)
