@@ -2,6 +2,8 @@
 tests/test_keras3.py. The SavedModel is checked in a fresh process without tf_lottery."""
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -34,6 +36,14 @@ def test_export_saved_model_verified_without_tf_lottery(tmp_path):
         with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow or jax"):
             tfl.export(sparse, tmp_path / "export", verbose=False)
         assert os.listdir(tmp_path) == []
+        sparse.save(tmp_path / "m.keras")  # the command line says it in one line
+        done = subprocess.run(
+            [sys.executable, "-m", "tf_lottery", "export", f"--checkpoint={tmp_path}/m.keras",
+             f"--output_dir={tmp_path}/out"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.strip().splitlines()[-1].startswith("tf-lottery export: Keras ")
+        assert "KERAS_BACKEND=tensorflow or jax" in done.stderr
+        assert not os.path.exists(tmp_path / "out")
         return
     masks = tfl.get_masks(sparse)
     sample = np.random.default_rng(1).normal(size=(5, 12)).astype("float32")
@@ -146,8 +156,6 @@ def _served(saved_model_dir, x):
 def _export_with_tensorflow(args):
     """``tools/export.py ARGS`` in a process on Keras 3's TensorFlow backend (the fix the
     other backends' messages give); returns the finished process."""
-    import subprocess
-    import sys
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=ROOT)
     env.pop("TF_USE_LEGACY_KERAS", None)

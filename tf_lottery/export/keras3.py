@@ -27,6 +27,11 @@ LITERT_BACKENDS = ("tensorflow",)
 SAVED_MODEL_BACKENDS = ("tensorflow", "jax")  # checked here; PyTorch fails in Keras 3.15
 
 
+class BackendExportError(RuntimeError, ValueError):
+    """This Keras backend cannot write a SavedModel (the fix, another backend, is the
+    user's: ``tf-lottery export`` prints it as a one-line error)."""
+
+
 def _specs(model, sample, input_shape):
     import keras
     import tensorflow as tf
@@ -125,7 +130,7 @@ def export(model, path, overwrite=False, sample=None, provenance=None, tflite=Tr
         except Exception as error:
             if backend in SAVED_MODEL_BACKENDS:
                 raise
-            raise RuntimeError(
+            raise BackendExportError(
                 f"Keras {keras.__version__} could not write a SavedModel on the {backend} "
                 f"backend ({type(error).__name__}; it fails for plain models too): save the "
                 "model (model.save('m.keras')) and export it with KERAS_BACKEND=tensorflow "
