@@ -29,6 +29,9 @@ from tf_lottery.keras3 import registry, state
 from tf_lottery.masking import guard, plan
 
 
+_JAX = keras.config.backend() == "jax"
+
+
 def _masked(value, mask):
     return value * mask
 
@@ -39,7 +42,9 @@ def _gradient_masked(value, mask):
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        return upstream * mask, ops.zeros_like(mask)
+        # the mask has no gradient: None (no work) where the backend takes it; JAX's
+        # custom gradients need an array (unused, so XLA drops it)
+        return upstream * mask, (ops.zeros_like(mask) if _JAX else None)
     return value, grad
 
 
