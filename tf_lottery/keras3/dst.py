@@ -42,7 +42,7 @@ import numpy as np
 from keras import ops
 
 from tf_lottery.dst import arrays, updaters
-from tf_lottery.keras3 import api, replicas, state
+from tf_lottery.keras3 import api, dst_writes, replicas, state
 
 __all__ = ["SparseOptimizer"]
 
@@ -58,14 +58,6 @@ class _Unit:
         self.momentum = None
         self.k_max = None  # active entries when the wrapper began (a top_k bound)
         self.k_change = None  # entries one update may drop or grow (a top_k bound)
-
-
-def _counts(old, new):
-    """(grown, dropped, active) int32 scalars of one mask change."""
-    old, new = old > 0.5, new > 0.5
-    grown = ops.sum(ops.cast(ops.logical_and(new, ops.logical_not(old)), "int32"))
-    dropped = ops.sum(ops.cast(ops.logical_and(old, ops.logical_not(new)), "int32"))
-    return grown, dropped, ops.sum(ops.cast(new, "int32"))
 
 
 class SparseOptimizer(keras.optimizers.Optimizer):
@@ -317,15 +309,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 out.append(ops.cast(updater.new_mask(unit, amount), "float32"))
             return out
 
-        def record(news):
-            counts = [_counts(ops.cast(u.live.value, "float32"), new)
-                      for u, new in zip(units, news)]
-            return [ops.stack([c[k] for c in counts]) for k in range(3)]
-
-        if keras.config.backend() == "jax":
-            self._functional_update(units, is_update, amount, step, new_masks, record)
-        else:
-            self._stateful_update(units, is_update, amount, step, new_masks, record)
+        write = dst_writes.functional if keras.config.backend() == "jax" else dst_writes.stateful
+        write(units, self.stats, is_update, amount, step, new_masks)
 
     def _global_gradients(self, unit_grads):
         """The dense gradients of the global batch: under a multi-replica ``tf.distribute``
@@ -334,67 +319,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if updater.needs_grad == updaters.GRAD_NEVER and not updater.needs_momentum:
             return unit_grads
         return replicas.sum_over_replicas(unit_grads)
-
-    def _write(self, counts, amount, step):
-        stats = self.stats
-        stats["grown"].assign(counts[0])
-        stats["dropped"].assign(counts[1])
-        stats["active"].assign(counts[2])
-        stats["amount"].assign(amount)
-        stats["step"].assign(ops.cast(step, "int32"))
-
-    def _stateful_update(self, units, is_update, amount, step, new_masks, record):
-        def update():
-            news = new_masks()
-            counts = record(news)
-            for u, new in zip(units, news):
-                state.assign_mask(u.weight, u.live, new, u.slots, u.fills)
-            self._write(counts, amount, step)
-            self.stats["updates"].assign_add(1)
-            return ops.convert_to_tensor(True)
-
-        # once for all replicas under tf.distribute (writes every replica's copy)
-        if is_update is None:
-            replicas.in_cross_replica(update)
-        else:
-            replicas.in_cross_replica(
-                lambda: ops.cond(is_update, update, lambda: ops.convert_to_tensor(False)))
-
-    def _functional_update(self, units, is_update, amount, step, new_masks, record):
-        """JAX: one ``ops.cond`` over the whole state it may change (weights, slots, mask
-        copies, statistics); the skip branch passes it through, so an ordinary step
-        does no extra work on it."""
-        stats = self.stats
-        names = ("grown", "dropped", "active", "amount", "step", "updates")
-
-        def current():
-            return ([u.weight.value for u in units], [[s.value for s in u.slots] for u in units],
-                    [u.live.value for u in units], [stats[k].value for k in names])
-
-        def update():
-            news = new_masks()
-            counts = record(news)
-            weights, slots, masks = [], [], []
-            for u, new in zip(units, news):
-                w, s, m = state.mask_change(u.weight.value, u.live.value, new,
-                                            [v.value for v in u.slots], u.fills)
-                weights.append(w)
-                slots.append(s)
-                masks.append(ops.cast(m, u.live.dtype))
-            values = counts + [amount, ops.cast(step, "int32"), stats["updates"].value + 1]
-            return weights, slots, masks, values
-
-        if is_update is None:
-            weights, slots, masks, values = update()
-        else:
-            weights, slots, masks, values = ops.cond(is_update, update, current)
-        for u, w, s, m in zip(units, weights, slots, masks):
-            u.weight.assign(w)
-            for variable, value in zip(u.slots, s):
-                variable.assign(value)
-            u.live.assign(m)
-        for k, value in zip(names, values):
-            stats[k].assign(value)
 
     # -- host side
     def last_update(self) -> Optional[dict]:
