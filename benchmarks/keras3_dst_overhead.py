@@ -118,7 +118,7 @@ def run(args):
     delta_t = args.delta_t
     print(f"  built and traced in {time.perf_counter() - begin:.0f} s", flush=True)
     sums = {v.name: [] for v in variants}
-    for r in range(args.rounds):
+    for r in range(-args.warmup_rounds, args.rounds):  # (JAX compiles the update step late)
         marks = {v.name: len(v.times) for v in variants}
         order = variants[r % 3:] + variants[:r % 3]
         for _ in range(args.delta_t):
@@ -126,6 +126,12 @@ def run(args):
                 if v is rigl and (v.count + 1) % delta_t == 0:
                     v.updates.append(len(v.times))
                 v.step()
+        if r < 0:
+            for v in variants:
+                del v.times[marks[v.name]:]
+            rigl.updates.clear()
+            print("  warm-up round done", flush=True)
+            continue
         for v in variants:
             sums[v.name].append(sum(v.times[marks[v.name]:]))
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
@@ -165,6 +171,8 @@ def main(argv=None):
                         help="run in this process with this backend (default: both, each "
                         "in its own process)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup-rounds", type=int, default=1,
+                        help="rounds run first and not counted (tracing, JAX's late compile)")
     parser.add_argument("--shape", choices=("lenet", "resnet20"), default="lenet")
     parser.add_argument("--batch", type=int, default=None,
                         help="default: 100 (lenet), 128 (resnet20)")

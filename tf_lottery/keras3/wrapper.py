@@ -19,6 +19,7 @@ exactly 0 wherever a user looks.
   state of the entries turned off or on (EMA copies included).
 """
 import inspect
+import weakref
 from typing import List, Tuple
 
 import keras
@@ -30,6 +31,18 @@ from tf_lottery.masking import guard, plan
 
 
 _JAX = keras.config.backend() == "jax"
+_TORCH = keras.config.backend() == "torch"
+
+
+def _torch_gradient_hook(layer_ref, index):
+    """PyTorch: a hook on a weight's tensor that masks its gradient (an autograd function
+    per weight and step costs more, in Python, than the masking)."""
+    def hook(grad):
+        layer = layer_ref()
+        if layer is None or layer._dense_gradients:
+            return grad
+        return grad * layer._pairs[index][1].value.to(grad.dtype)
+    return hook
 
 
 def _masked(value, mask):
@@ -200,7 +213,7 @@ class MaskedLayer(keras.layers.Wrapper):
     def call(self, *args, training=None, **kwargs):
         if self._takes_training:
             kwargs["training"] = training
-        if self._dense_gradients:
+        if self._dense_gradients or (training and _TORCH and self._hook_gradients()):
             return self.layer.call(*args, **kwargs)
         forward = _gradient_masked if training else _masked
         originals = []
@@ -214,6 +227,17 @@ class MaskedLayer(keras.layers.Wrapper):
         finally:
             for owner, attr, original in originals:
                 object.__setattr__(owner, attr, original)
+
+    def _hook_gradients(self) -> bool:
+        """PyTorch: masks the weights' gradients with tensor hooks (registered once per
+        tensor; the forward pass then reads the raw weights, exactly 0 where masked)."""
+        hooked = self.__dict__.setdefault("_hooked", {})
+        for index, (weight, _) in enumerate(self._pairs):
+            tensor = weight.value
+            if hooked.get(index) is not tensor and getattr(tensor, "requires_grad", False):
+                tensor.register_hook(_torch_gradient_hook(weakref.ref(self), index))
+                hooked[index] = tensor
+        return True
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
