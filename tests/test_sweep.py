@@ -11,7 +11,7 @@ from tf_lottery import cli, dst
 from tf_lottery._keras import keras, tf
 from tf_lottery.export.run_folder import RunExportError, load_run_model
 from tf_lottery.lottery import results
-from tf_lottery.training import sweep
+from tf_lottery.training import sparse_experiment, sweep
 from tf_lottery.training import train as training
 
 TINY = ["data.name = 'digits'", "data.batch_size = 60",
@@ -39,7 +39,7 @@ def _files(folder):
 def _sweep(run, calls, **kwargs):
     def counted(**cell):
         calls.append(os.path.relpath(cell["output_dir"], run))
-        return training.sparse_training(**cell)
+        return sparse_experiment.sparse_training(**cell)
 
     args = dict(methods={"RigL": dst.RigL, "Prune": dst.GradualMagnitudePruning},
                 sparsities=(0.5, 0.9), trials=2, dense=False, prune_every=2,

@@ -37,6 +37,7 @@ from tf_lottery.training.schedules import WarmupStepDecay
 from tf_lottery.training.train import train
 from tf_lottery.training import instability_experiment  # noqa: F401  (gin registration)
 from tf_lottery.training import baselines_experiment  # noqa: F401  (gin registration)
+from tf_lottery.training import sparse_experiment  # noqa: F401  (gin registration)
 from tf_lottery.training import sweep  # noqa: F401  (gin registration: @sparse_sweep)
 from tf_lottery.lottery.instability import instability, instability_sweep, plot_instability
 from tf_lottery.plots import plot_accuracy_vs_remaining, plot_layer_sparsity

@@ -26,6 +26,7 @@ import numpy as np
 
 from tf_lottery._keras import keras, tfmot
 from tf_lottery.lottery import results
+from tf_lottery.training import sparse_experiment
 from tf_lottery.training import train as training
 
 log = logging.getLogger("tf_lottery")
@@ -125,7 +126,7 @@ def sparse_sweep(output_dir: str, overwrite: bool = False,
                  prune_begin: float = 0.2, prune_end: float = 0.75, prune_every: int = 100,
                  title: Optional[str] = None, max_steps: Optional[int] = None,
                  data_dir: Optional[str] = None, verbose: Optional[int] = None,
-                 train_fn: Callable = training.sparse_training) -> List[dict]:
+                 train_fn: Callable = sparse_experiment.sparse_training) -> List[dict]:
     """Trains every (method, sparsity, trial) cell with ``train_fn`` (``sparse_training``)
     into ``output_dir/cells`` and summarises test accuracy (see the module doc).
 
