@@ -245,7 +245,8 @@ def get_masks(model) -> Dict[str, np.ndarray]:
 def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
     """Sets masks by weight key (keys must exist) and keeps the invariant: entries turned
     off or on become 0 in the weights and get their initial optimizer state (the compiled
-    optimizer's and ``optimizer``'s, one or a list, EMA copies included)."""
+    optimizer's and ``optimizer``'s, one or a list, EMA copies included). A live
+    ``tfl.SparseOptimizer`` among them trains on from the new masks."""
     sync(model)
     updates = plan.mask_updates(_masked_units(model), masked_layers(model), masks)
     table = state.SlotTable(state.live_optimizers(model, optimizer))
@@ -253,6 +254,8 @@ def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
         layer.check_masks(values)
     for layer, values in updates:
         layer.set_masks(values, table)
+    for wrapper in state.sparse_optimizers(model, optimizer):  # a live sparse-training
+        wrapper.begin()  # optimizer trains on from the new masks
 
 
 def apply_masks(model) -> None:

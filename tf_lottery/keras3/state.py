@@ -18,10 +18,27 @@ from tf_lottery.masking import state_plan
 
 
 def unwrap(optimizer):
-    """The optimizer that holds the state (a ``LossScaleOptimizer``'s inner optimizer)."""
-    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    """The optimizer that holds the per-weight state: the inner optimizer of a
+    ``LossScaleOptimizer`` or of a ``tfl.keras3.SparseOptimizer`` (whose own variables are
+    masks and statistics, not per-weight state)."""
+    while (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+           or _is_sparse_optimizer(optimizer)):
         optimizer = optimizer.inner_optimizer
     return optimizer
+
+
+def _is_sparse_optimizer(optimizer) -> bool:
+    from tf_lottery.keras3.dst import SparseOptimizer
+    return isinstance(optimizer, SparseOptimizer)
+
+
+def sparse_optimizers(model=None, optimizers=()) -> list:
+    """The ``tfl.keras3.SparseOptimizer``s among ``optimizers`` (one, a list, or None) and
+    ``model``'s compiled optimizer: the ones that carry their own copy of the masks."""
+    given = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+    found = [getattr(model, "optimizer", None), *given]
+    return [o for i, o in enumerate(found)
+            if _is_sparse_optimizer(o) and all(o is not p for p in found[:i])]
 
 
 def live_optimizers(model=None, optimizers=()) -> list:
