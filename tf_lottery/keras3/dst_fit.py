@@ -44,9 +44,10 @@ class _StepDispatch:
     """``model.train_function`` of a JAX fit with a mask-update method: the ordinary
     compiled step at ordinary steps, the update one at the method's update steps
     (``SparseOptimizer.traced_as``). Keras' own ``make_train_function`` compiles each (its
-    jit options, donation and distribution shardings); the step count is the optimizer's
-    ``iterations`` when the fit began, plus one per call (one step per call: installed only
-    with ``steps_per_execution=1``)."""
+    jit options, donation and distribution shardings). The step count is read from the
+    state's ``iterations`` whenever the trainer passes a state this object did not return
+    (the first step, or a callback's sync; e.g. ``BackupAndRestore`` restoring the count),
+    plus one per call (one step per call: installed only with ``steps_per_execution=1``)."""
 
     def __init__(self, model, wrapper):
         self.wrapper, self.functions = wrapper, {}
@@ -60,13 +61,17 @@ class _StepDispatch:
             finally:
                 del model.train_step
             self.functions[kind] = model.train_function
-        self.step = int(ops.convert_to_numpy(wrapper.iterations.value))
+        self.at = next(i for i, v in enumerate(wrapper.variables) if v is wrapper.iterations)
+        self.step, self.returned = 0, None
         model.train_function = self
 
     def __call__(self, state, iterator):
+        if state is not self.returned:  # the trainer read the variables: count from there
+            self.step = int(ops.convert_to_numpy(state[2][self.at]))
         self.step += 1
         kind = "update" if self.wrapper.update_due(self.step) else "ordinary"
-        return self.functions[kind](state, iterator)
+        logs, self.returned = self.functions[kind](state, iterator)
+        return logs, self.returned
 
 
 def _traced_step(model, wrapper, kind):
