@@ -29,7 +29,7 @@ momentum and the update statistics live in the engine, not in model checkpoints;
 TPUStrategy has not been run (no TPU here); nothing in the path is known to stop it.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -116,6 +116,12 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         """A bound on the entries one update drops or grows in a weight with ``k_max``
         active entries (``updaters.UnitState.k_change``), or None if there is none."""
         return None
+
+    def _top_k_bounds(self, mask) -> Tuple[int, Optional[int]]:
+        """``(k_max, k_change)`` of ``updaters.UnitState`` for a weight whose mask (an
+        array) is ``mask``, when a training step is about to be traced."""
+        k_max = int(np.count_nonzero(np.asarray(mask) > 0.5))
+        return k_max, self._change_bound(k_max)
 
     def _check_model(self, model) -> None:
         """Raises ValueError before training if the method cannot run on ``model``."""

@@ -149,8 +149,7 @@ class MaskUpdateEngine:
             for u in self.units:
                 u.slots, u.fills = slots[id(u.weight)]
         for u in self.units:  # bounds for the step traced next (a larger count falls back)
-            u.k_max = int(np.sum(np.asarray(u.mask.numpy()) > 0.5))
-            u.k_change = self.method._change_bound(u.k_max)
+            u.k_max, u.k_change = self.method._top_k_bounds(u.mask.numpy())
         self.optimizer = optimizer
         for layer in layers:
             layer.set_gradient_gate(self.gate)

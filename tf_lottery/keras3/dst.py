@@ -182,8 +182,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         for u in self._units:
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
-            u.k_max = int(np.sum(ops.convert_to_numpy(u.mask.value) > 0.5))
-            u.k_change = self.method._change_bound(u.k_max)
+            u.k_max, u.k_change = self.method._top_k_bounds(ops.convert_to_numpy(u.mask.value))
         live = {id(u.mask): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
             layer.set_dense_gradients(True, [live.get(id(mask), mask)
