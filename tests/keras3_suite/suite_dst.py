@@ -182,6 +182,54 @@ def test_fit_trains_as_the_in_step_conditional_does():
                                        atol=1e-6, err_msg=key)
 
 
+def test_set_masks_in_the_middle_of_sparse_training():
+    """``tfl.set_masks`` from a callback while RigL's wrapper is live (between two updates,
+    new masks of another density): training goes on from the new masks, so every weight
+    keeps the new count through the later updates, and masked entries end at 0."""
+    x, y = data(64)
+    model = _sparse()
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    rng = np.random.default_rng(9)
+    new = {k: selection.random_mask(m.shape, 0.9, rng) for k, m in tfl.get_masks(model).items()}
+    seen = {}
+
+    class SetMasks(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3 and not seen:
+                tfl.set_masks(self.model, new)
+                seen.update(_active(self.model))
+
+    method = tfl.RigL(delta_t=2, end_step=14, alpha=0.5)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[method, SetMasks()])
+    wanted = {k: int(v.sum()) for k, v in new.items()}
+    assert seen == wanted
+    assert _active(model) == wanted
+    assert method.history[-1]["active"] == wanted
+    for layer in tfl.masked_layers(model):
+        for weight, mask in layer.masked_weights:
+            assert np.count_nonzero(_np(weight)[_np(mask) == 0]) == 0, weight.path
+
+
+def test_updates_follow_the_step_count_a_later_callback_restores():
+    """A callback after RigL's that sets the step count when training begins (as
+    ``BackupAndRestore`` does when it resumes): updates still come at multiples of
+    delta_t of the restored count."""
+    x, y = data(64)
+    model = _sparse()
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+
+    class Resume(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.optimizer.iterations.assign(3)
+
+    method = tfl.RigL(delta_t=2, end_step=20, alpha=0.5, total_steps=40, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[method, Resume()])
+    assert int(_np(model.optimizer.iterations)) == 11
+    assert [r["step"] for r in method.history] == [10]  # the epoch's last update
+    assert method._keras3_optimizer.update_count == 4  # steps 4, 6, 8, 10
+
+
 def test_grown_weights_and_adam_state_are_zero_at_the_update():
     x, y = data(48)
     model = _sparse()
