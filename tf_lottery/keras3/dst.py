@@ -177,8 +177,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def begin(self) -> None:
         """Takes over the masking from the model's layers (dense gradients; on JAX the
-        mask copies start from the model's masks). ``__init__`` calls it; call it again
-        after ``tfl.set_masks`` or after ``release()``."""
+        mask copies start from the model's masks). ``__init__`` calls it, and
+        ``tfl.set_masks`` when this wrapper is the model's optimizer or its ``optimizer=``;
+        call it again after ``release()``."""
         for u in self._units:
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
