@@ -2,6 +2,7 @@
 (tf_lottery.masking.update), on hand-built tensors."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tf_lottery._keras import tf
 from tf_lottery.dst import updaters
@@ -109,20 +110,25 @@ def test_static_and_magnitude_pruning():
     assert prune.new_mask(state, 1.0).numpy().sum() == 0
 
 
-class _CoarseTieKeys(type(updaters.arrays.TF)):
-    """TensorFlow namespace whose tie keys take 4 values: ties of both the scores and
-    the tie keys, which the rule then breaks by index."""
+def _coarse_tie_keys(base):
+    class Coarse(type(base)):
+        """``base`` with tie keys of 4 values: ties of both the scores and the tie keys,
+        which the rule then breaks by index."""
 
-    def uniform_n(self, n, seed):
-        return tf.floor(super().uniform_n(n, seed) * 4.0) / 4.0
+        def uniform_n(self, n, seed):
+            return tf.floor(super().uniform_n(n, seed) * 4.0) / 4.0
+    return Coarse()
 
 
+@pytest.mark.parametrize("xla", [False, True])
 @pytest.mark.parametrize("coarse", [False, True])
-def test_bounded_selections_choose_what_the_full_sort_chooses(coarse):
+def test_bounded_selections_choose_what_the_full_sort_chooses(coarse, xla):
     """The partial top_k paths (``k_max``: bounded by the active count; ``k_change``:
     by the entries one update changes; both, and bounds too small, which fall back)
-    choose exactly the full stable sort's entries, ties of scores and tie keys included."""
-    xp = _CoarseTieKeys() if coarse else updaters.arrays.TF
+    choose exactly the full stable sort's entries, ties of scores and tie keys included;
+    so does XLA's namespace, whose thresholds come from counting instead of ``top_k``."""
+    base = updaters.arrays.get("tensorflow", xla=xla)
+    xp = _coarse_tie_keys(base) if coarse else base
     rng = np.random.default_rng(7)
     rules = (updaters.RigLUpdater(), updaters.SETUpdater(), updaters.SNFSUpdater(),
              updaters.MagnitudePruningUpdater())
@@ -148,6 +154,22 @@ def test_bounded_selections_choose_what_the_full_sort_chooses(coarse):
                 results.append(rule.new_mask(state, amount).numpy())
             for k, other in enumerate(results[1:], 1):
                 np.testing.assert_array_equal(other, results[0], err_msg=f"{rule.name} {k}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.sampled_from([-np.inf, -2.5, -1.0, -0.0, 0.0, 1e-40, 0.5, 1.0, 3.0,
+                                        np.inf, float(np.finfo(np.float32).min)]) |
+                       st.floats(-1e6, 1e6, width=32), min_size=1, max_size=40),
+       data=st.data())
+def test_kth_largest_by_counting_is_the_sorted_value(values, data):
+    """The counting threshold equals the sorted k-th largest value (ties, signed zeros,
+    infinities and subnormals included); k = 0 gives +inf."""
+    x = np.asarray(values, np.float32)
+    k = data.draw(st.integers(0, len(x)))
+    got = updaters.arrays.kth_largest_by_counting(updaters.arrays.TF, tf.constant(x),
+                                                  tf.constant(k)).numpy()
+    want = np.inf if k == 0 else np.sort(x)[::-1][k - 1]
+    assert got == want, (x, k, got, want)
 
 
 def test_xla_compiles_the_update():

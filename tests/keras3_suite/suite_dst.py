@@ -425,8 +425,9 @@ def test_errors():
 
 
 def test_partial_top_k_and_backend_sorts_match_the_full_sort():
-    """The bounded top_k path (k_max) and this backend's sorts choose exactly what the full
-    stable sort chooses, ties (zeros, equal gradients) and a too-small bound included."""
+    """The bounded paths (k_max, k_change) and this backend's sorts and thresholds choose
+    exactly what the full stable sort chooses, ties (zeros, equal gradients) and too-small
+    bounds included."""
     from tf_lottery.dst import updaters
     xp = arrays.get(BACKEND)
     rng = np.random.default_rng(1)
@@ -434,12 +435,12 @@ def test_partial_top_k_and_backend_sorts_match_the_full_sort():
     rules = (updaters.RigLUpdater(), updaters.MagnitudePruningUpdater())
     compiled = {}
 
-    def new(rule, bound, *values):
-        key = (rule.name, bound)
+    def new(rule, bounds, *values):
+        key = (rule.name, bounds)
         if key not in compiled:
             def fn(weight, mask, grad):
                 unit = updaters.UnitState(weight, mask, grad, None, xp.unit_seed(3, 1, 7), xp,
-                                          bound)
+                                          *bounds)
                 return rule.new_mask(unit, 0.4)
             if BACKEND == "jax":
                 import jax
@@ -455,14 +456,20 @@ def test_partial_top_k_and_backend_sorts_match_the_full_sort():
         weight[rng.random(shape) < 0.3] = 0.0
         grad = np.round(rng.normal(size=shape), 1).astype("float32")
         k_max = 14 if trial % 2 else 7  # the active count, or a too-small bound
+        k_change = 6 if trial % 2 else 2
         for rule in rules:
-            np.testing.assert_array_equal(new(rule, None, weight, mask, grad),
-                                          new(rule, k_max, weight, mask, grad))
+            full = new(rule, (None, None), weight, mask, grad)
+            for bounds in ((k_max, None), (None, k_change), (k_max, k_change)):
+                np.testing.assert_array_equal(new(rule, bounds, weight, mask, grad), full,
+                                              err_msg=f"{rule.name} {bounds}")
         scores = np.abs(np.round(rng.normal(size=48), 1)).astype("float32")
         np.testing.assert_array_equal(np.asarray(xp.argsort_desc(xp.asarray(scores))),
                                       np.argsort(-scores, kind="stable"))
         np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),
                                       np.argsort(scores, kind="stable"))
+        for k in (1, 5, 48):
+            got = xp.kth_largest(xp.asarray(scores), xp.asarray(k, xp.int32), 48)
+            assert float(np.asarray(got)) == np.sort(scores)[::-1][k - 1]
 
 
 def test_outside_write_in_the_middle_of_sparse_training():

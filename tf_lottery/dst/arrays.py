@@ -7,6 +7,7 @@ backend: the same ops, so the same choices, ties included), ``get("jax")`` on JA
 (Keras 3 on the JAX backend, inside a jitted step) and ``get("torch")`` on PyTorch
 tensors (Keras 3 on PyTorch, eager). On TensorFlow and JAX every op keeps static shapes
 and does no host round trip. Sorting is stable, so ties go to the lower index on all.
+``get("tensorflow", xla=True)`` is the TensorFlow namespace for steps compiled with XLA.
 
 ``namespace(x)`` picks the namespace of a tensor (``None`` for Python numbers and numpy).
 """
@@ -22,6 +23,7 @@ class _TF:
         import tensorflow as tf
         self.tf = tf
         self.float32, self.int32, self.int64, self.bool = tf.float32, tf.int32, tf.int64, tf.bool
+        self.uint32 = tf.uint32
         self.lowest = tf.float32.min
 
     def is_tensor(self, x) -> bool:
@@ -109,6 +111,21 @@ class _TF:
         out = self.tf.math.top_k(x, k=k, sorted=True)
         return out.values, out.indices
 
+    def kth_largest(self, x, k, k_max: int):
+        """The ``k``-th largest value of 1-D float32 ``x`` (``k`` a scalar int32, at most
+        the Python int ``k_max``), from ``top_k`` of ``k_max`` entries."""
+        return kth_largest_by_top_k(self, x, k, k_max)
+
+    def order_keys(self, x):
+        """uint32 keys of float32 ``x`` in the order of the floats (-0.0 just below 0.0)."""
+        bits = self.tf.bitcast(x, self.tf.int32)
+        return self.tf.bitcast(self.tf.where(bits < 0, ~bits, bits | _SIGN), self.tf.uint32)
+
+    def key_value(self, key):
+        """The float32 whose ``order_keys`` is ``key``."""
+        bits = self.tf.bitcast(key, self.tf.int32)
+        return self.tf.bitcast(self.tf.where(bits < 0, bits & ~_SIGN, ~bits), self.tf.float32)
+
     def cond(self, pred, true_fn, false_fn):
         return self.tf.cond(pred, true_fn, false_fn)
 
@@ -133,6 +150,14 @@ class _TF:
         return self.tf.random.stateless_uniform(self.tf.reshape(n, [1]), seed)
 
 
+class _TFXla(_TF):
+    """TensorFlow ops for steps compiled with XLA (``jit_compile``), where ``top_k`` of a
+    long vector costs as much as a full sort."""
+
+    def kth_largest(self, x, k, k_max: int):
+        return kth_largest_by_counting(self, x, k)
+
+
 class _JAX:
     """jax.numpy ops (inside ``jax.jit``; static shapes)."""
 
@@ -142,7 +167,8 @@ class _JAX:
         import jax
         import jax.numpy as jnp
         self.jax, self.jnp = jax, jnp
-        self.float32, self.int32, self.bool = jnp.float32, jnp.int32, jnp.bool_
+        self.float32, self.int32, self.bool, self.uint32 = (jnp.float32, jnp.int32, jnp.bool_,
+                                                            jnp.uint32)
         self.int64 = jnp.int32  # JAX runs without x64 by default; steps fit in int32
         self.lowest = float(jnp.finfo(jnp.float32).min)
 
@@ -233,6 +259,20 @@ class _JAX:
     def top_k(self, x, k: int):
         return self.jax.lax.top_k(x, k)
 
+    def kth_largest(self, x, k, k_max: int):
+        """As ``_TF.kth_largest``, by counting (XLA's ``top_k`` costs a full sort)."""
+        return kth_largest_by_counting(self, x, k)
+
+    def order_keys(self, x):
+        bits = self.jax.lax.bitcast_convert_type(x, self.jnp.int32)
+        keys = self.jnp.where(bits < 0, ~bits, bits | _SIGN)
+        return self.jax.lax.bitcast_convert_type(keys, self.jnp.uint32)
+
+    def key_value(self, key):
+        bits = self.jax.lax.bitcast_convert_type(key, self.jnp.int32)
+        bits = self.jnp.where(bits < 0, bits & ~_SIGN, ~bits)
+        return self.jax.lax.bitcast_convert_type(bits, self.jnp.float32)
+
     def cond(self, pred, true_fn, false_fn):
         return self.jax.lax.cond(pred, true_fn, false_fn)
 
@@ -256,14 +296,42 @@ class _JAX:
         return self.jax.random.uniform(seed, (int(n),), self.jnp.float32)
 
 
+_SIGN = -2**31  # the sign bit of an int32
+
+
+def kth_largest_by_top_k(xp, x, k, k_max: int):
+    """``xp.kth_largest`` through ``top_k`` of ``k_max`` entries (``k`` = 0: the largest)."""
+    values, _ = xp.top_k(x, k_max)
+    return xp.take(values, xp.maximum(xp.cast(k, xp.int32) - 1, 0))
+
+
+def kth_largest_by_counting(xp, x, k):
+    """``xp.kth_largest`` without sorting: the largest order key with at least ``k``
+    entries at or above it, found bit by bit (32 counting passes over ``x``, which XLA
+    fuses). Equal to the ``top_k`` threshold as a float; ``k`` = 0 gives +inf."""
+    keys = xp.order_keys(x)
+    k = xp.cast(k, xp.int32)
+    prefix = xp.asarray(0, xp.uint32)
+    for bit in range(31, -1, -1):
+        candidate = prefix | xp.asarray(1 << bit, xp.uint32)
+        count = xp.sum(xp.cast(keys >= candidate, xp.int32))
+        prefix = xp.where(count >= k, candidate, prefix)
+    return xp.where(k > 0, xp.key_value(prefix), xp.asarray(float("inf"), xp.float32))
+
+
 _CACHE = {}
 
 
-def get(name: str):
-    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use)."""
+def get(name: str, xla: bool = False):
+    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use);
+    ``xla``: TensorFlow's for steps compiled with XLA (the others ignore it)."""
+    if name == "tensorflow" and xla:
+        name = "tensorflow-xla"
     if name not in _CACHE:
         if name == "tensorflow":
             _CACHE[name] = _TF()
+        elif name == "tensorflow-xla":
+            _CACHE[name] = _TFXla()
         elif name == "jax":
             _CACHE[name] = _JAX()
         elif name == "torch":

@@ -1,4 +1,5 @@
 """The PyTorch array namespace of ``tf_lottery.dst.arrays`` (Keras 3 on the PyTorch backend)."""
+from tf_lottery.dst import arrays
 
 
 class Torch:
@@ -101,6 +102,9 @@ class Torch:
     def top_k(self, x, k: int):
         order = self.argsort_desc(x)[:k]
         return x[order], order
+
+    def kth_largest(self, x, k, k_max: int):
+        return arrays.kth_largest_by_top_k(self, x, k, k_max).reshape(())
 
     def cond(self, pred, true_fn, false_fn):
         return true_fn() if bool(pred) else false_fn()

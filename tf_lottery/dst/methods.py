@@ -188,7 +188,7 @@ class GradualMagnitudePruning(MaskUpdateCallback):
                              f"masked: {sorted(layer.layer.name for layer in layers)}")
 
     def _schedule(self, step, xp=arrays.TF):
-        if xp is arrays.TF:
+        if xp.name == "tensorflow":
             should_prune, sparsity = self.schedule(step)
             return tf.convert_to_tensor(should_prune), tf.cast(sparsity, tf.float32)
         return schedules.pruning_schedule(self.schedule, step, xp)

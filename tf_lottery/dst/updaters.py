@@ -99,14 +99,14 @@ def top_k_mask(scores, k, xp=arrays.TF):
 def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp, larger_keys_first: bool = False):
     """``top_k_mask`` of the scores a random permutation put in the order of the tie keys
     (ascending, ties to the lower index), i.e. the ``k`` largest ``scores`` with ties
-    going to the smaller tie keys, without a full sort: one ``top_k`` of ``k_max``
-    entries, and a second one only when entries tie at the threshold (requires
+    going to the smaller tie keys, without a full sort: the threshold from
+    ``xp.kth_largest`` (``top_k`` of ``k_max`` entries, or counting passes under XLA), and
+    a ``top_k`` of ``k_max`` tie keys only when entries tie at the threshold (requires
     ``k <= k_max``). ``tie_keys`` is a function returning them (they are drawn only then).
     ``larger_keys_first``: ties go to the larger tie keys, then to the higher index."""
     n = xp.size(scores)
-    values, _ = xp.top_k(scores, k_max)
     k = xp.cast(k, xp.int32)
-    threshold = xp.take(values, xp.maximum(k - 1, 0))
+    threshold = xp.kth_largest(scores, k, k_max)
     above = scores > threshold
     rest = k - xp.sum(xp.cast(above, xp.int32))  # how many of the tied entries to take
     at = scores == threshold

@@ -109,7 +109,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "installed_by", None)
         object.__setattr__(self, "_traced_as", "either")
         object.__setattr__(self, "_due", (0, np.zeros(0, bool)))
-        object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
+        object.__setattr__(self, "_xp", arrays.get(keras.config.backend(),
+                                                   xla=bool(getattr(model, "jit_compile", False))))
         object.__setattr__(self, "_units", self._find_units(model, method))
         object.__setattr__(method, "_keras3_optimizer", self)
         with replicas.strategy_scope(model):
