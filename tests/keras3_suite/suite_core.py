@@ -146,6 +146,29 @@ def test_keras_save_load_round_trip(tmp_path):
     assert_masked_zero(loaded)
 
 
+def test_masks_are_saved_as_float32_and_load_from_any_backend():
+    """Mask variables are bool on JAX and float32 elsewhere; what a layer saves is float32
+    0/1 on every backend, and it loads float32 or bool values (a file from any backend),
+    masking its weight as it lands."""
+    sparse = tfl.sparsify(mlp(), 0.7, "erk", seed=2)
+    layer = tfl.masked_layers(sparse)[0]
+    (weight, mask), = layer.masked_weights
+    assert keras.backend.standardize_dtype(mask.dtype) == ("bool" if BACKEND == "jax"
+                                                           else "float32")
+    store = {}
+    layer.save_own_variables(store)
+    assert list(store) == ["0"] and store["0"].dtype == np.float32
+    np.testing.assert_array_equal(store["0"], tfl.get_masks(sparse)["d1/kernel"])
+    weight.assign(np.ones(weight.shape, "float32"))
+    flipped = 1.0 - store["0"]
+    for value in (flipped, flipped.astype(bool)):
+        layer.load_own_variables({"0": value})
+        np.testing.assert_array_equal(tfl.get_masks(sparse)["d1/kernel"], flipped)
+        np.testing.assert_array_equal(_np(weight), flipped)
+    with pytest.raises(ValueError):
+        layer.load_own_variables({"0": flipped, "1": flipped})
+
+
 def test_strip_gives_plain_model_with_equal_predictions():
     x, _ = data()
     sparse = tfl.sparsify(mlp(), 0.9, "uniform", seed=4)

@@ -58,9 +58,9 @@ def _flat(outputs):
 
 def _mask_index(plain, model):
     """Index in ``plain.variables`` -> mask, for every masked weight (shared variables)."""
-    import keras
     from tf_lottery.keras3 import api
-    by_id = {id(w): np.asarray(keras.ops.convert_to_numpy(m.value))
+    from tf_lottery.keras3.wrapper import mask_array
+    by_id = {id(w): mask_array(m)
              for layer in api.masked_layers(model) for w, m in layer.masked_weights}
     return {i: by_id[id(v)] for i, v in enumerate(plain.variables) if id(v) in by_id}
 

@@ -15,7 +15,7 @@ import numpy as np
 from tf_lottery.masking import agreement, distributions, graph, plan, selection
 from tf_lottery.masking.plan import SparsityReport
 from tf_lottery.keras3 import registry, state
-from tf_lottery.keras3.wrapper import MaskedLayer
+from tf_lottery.keras3.wrapper import MaskedLayer, mask_array
 
 MASK_INITS = ("random", "magnitude")
 
@@ -238,8 +238,7 @@ def output_keys(model) -> List[str]:
 def get_masks(model) -> Dict[str, np.ndarray]:
     """Weight key -> mask (float32 0/1 array) of every MaskedLayer in ``model``."""
     sync(model)
-    return {u.key: np.asarray(keras.ops.convert_to_numpy(u.mask.value), dtype=np.float32)
-            for u in _masked_units(model)}
+    return {u.key: mask_array(u.mask) for u in _masked_units(model)}
 
 
 def set_masks(model, masks: Mapping[str, np.ndarray], optimizer=None) -> None:
@@ -295,4 +294,4 @@ def sparsity_report(model) -> SparsityReport:
     _require_units(model, units)
     return plan.sparsity_report(
         units, {u.key: u.value() for u in units},
-        {u.key: keras.ops.convert_to_numpy(u.mask.value) for u in units if u.mask is not None})
+        {u.key: mask_array(u.mask) for u in units if u.mask is not None})

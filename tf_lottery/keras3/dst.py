@@ -168,7 +168,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if self.method.updater.needs_momentum and u.index is not None:
                 u.momentum = variable(u.weight.shape, "float32", "dst_momentum")
             if jax:
-                u.live = variable(u.mask.shape, "float32", "dst_mask")
+                u.live = variable(u.mask.shape, u.mask.dtype, "dst_mask")
         super().build(var_list)
         self.begin()
 
@@ -301,7 +301,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             out = []
             for u in units:
                 unit = updaters.UnitState(
-                    weight=u.weight.value, mask=u.live.value,
+                    weight=u.weight.value, mask=ops.cast(u.live.value, "float32"),
                     grad=unit_grads[u.index] if updater.needs_grad != updaters.GRAD_NEVER
                     else None,
                     momentum=u.momentum.value if u.momentum is not None else None,

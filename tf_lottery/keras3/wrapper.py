@@ -32,6 +32,10 @@ from tf_lottery.masking import guard, plan
 
 _JAX = keras.config.backend() == "jax"
 _TORCH = keras.config.backend() == "torch"
+#: The masks' variable dtype: bool on JAX (XLA fuses the conversion into the step, which
+#: then reads a quarter of the bytes), float32 on TensorFlow and PyTorch (where a
+#: conversion would be one more elementwise pass). Files always hold float32 0/1.
+MASK_DTYPE = "bool" if _JAX else "float32"
 
 
 def _torch_gradient_hook(layer_ref, index):
@@ -59,6 +63,11 @@ def _gradient_masked(value, mask):
         # custom gradients need an array (unused, so XLA drops it)
         return upstream * mask, (ops.zeros_like(mask) if _JAX else None)
     return value, grad
+
+
+def mask_array(mask) -> np.ndarray:
+    """A mask variable's value as a float32 0/1 numpy array (any backend's dtype)."""
+    return np.asarray(ops.convert_to_numpy(mask.value), np.float32)
 
 
 class _KerasArrays(guard.ArrayIO):
@@ -124,8 +133,9 @@ class MaskedLayer(keras.layers.Wrapper):
         with ``get_prunable_weights()`` (``tf_lottery.keras3.PrunableLayer``).
       **kwargs: passed to ``keras.layers.Wrapper`` (``name``, ...).
 
-    Masks start as all ones (float32, non-trainable); set them with ``set_masks`` or
-    ``tfl.sparsify``. ``masked_weights`` lists ``(weight, mask)`` pairs.
+    Masks start as all ones (non-trainable, ``MASK_DTYPE``; saved as float32 0/1); set
+    them with ``set_masks`` or ``tfl.sparsify``. ``masked_weights`` lists ``(weight,
+    mask)`` pairs.
     """
 
     def __init__(self, layer, **kwargs):
@@ -164,7 +174,7 @@ class MaskedLayer(keras.layers.Wrapper):
             while name in names:
                 name = "_" + name
             mask = self.add_weight(name=name + "_mask", shape=tuple(weight.shape),
-                                   dtype="float32", initializer="ones", trainable=False,
+                                   dtype=MASK_DTYPE, initializer="ones", trainable=False,
                                    aggregation="only_first_replica")
             pairs.append((weight, mask))
             owners.append((owner, attr))
@@ -247,7 +257,19 @@ class MaskedLayer(keras.layers.Wrapper):
 
     def get_masks(self) -> List[np.ndarray]:
         """The masks as float32 numpy arrays, in ``masked_weights`` order."""
-        return [np.asarray(keras.ops.convert_to_numpy(m.value)) for _, m in self._pairs]
+        return [mask_array(m) for _, m in self._pairs]
+
+    def save_own_variables(self, store):
+        """Saves the masks as float32 0/1 arrays (the same file on every backend)."""
+        for i, mask in enumerate(self.get_masks()):
+            store[f"{i}"] = mask
+
+    def load_own_variables(self, store):
+        """Loads masks saved by any backend (float32 0/1, or this backend's dtype)."""
+        if len(store.keys()) != len(self._pairs):
+            return super().load_own_variables(store)  # (Keras' own error message)
+        for i, (_, mask) in enumerate(self._pairs):
+            mask.assign(ops.cast(np.asarray(store[f"{i}"]), mask.dtype))
 
     def check_masks(self, masks) -> List[np.ndarray]:
         """The masks as float32 arrays; raises ValueError (before any change) if one is bad."""

@@ -144,7 +144,9 @@ class WriteGuard:
         written = self.io.read(weight)
         masked = self.io.masked(written, mask)
         if self.io.concrete(written) and not self.io.equal(written, masked):
-            self._written[index] = (written, masked)  # for a mask written next
+            # for a mask written next; a copy: a read may be the live variable (Keras 3
+            # on TensorFlow and PyTorch), which the write below overwrites
+            self._written[index] = (self.io.copy(written), masked)
         raw_assign(self.io.target(weight), masked)
 
     def _after_mask_write(self, index: int) -> None:
