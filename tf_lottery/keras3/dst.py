@@ -16,7 +16,10 @@ with zero gradient and zero state, stay 0); then, at the method's update steps (
 ``tf_lottery.dst.updaters`` rules as the tf_keras path, written once against
 ``tf_lottery.dst.arrays``), new masks are computed and written with
 ``tf_lottery.keras3.state.assign_mask``: dropped and grown weights and their optimizer
-state become exactly 0, and every weight keeps its number of active entries.
+state become exactly 0, and every weight keeps its number of active entries. Where XLA
+compiles the step (JAX; TensorFlow when ``model.jit_compile``), whose ``top_k`` of a long
+vector costs a full sort on CPU, the selection thresholds come from counting passes
+instead (``tf_lottery.dst.arrays``), with the same result.
 
 The dense gradient (the tf_keras path's "gradient gate"): while a wrapper is live the
 masked layers compute with the raw weights, which the wrapper keeps exactly 0 where
