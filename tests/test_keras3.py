@@ -15,7 +15,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUITES = sorted(p.name for p in (ROOT / "tests" / "keras3_suite").glob("suite_*.py"))
-TORCH_SUITES = ("suite_core.py", "suite_dst.py", "suite_export.py", "suite_imp.py")  # not distributed
+TORCH_SUITES = ("suite_core.py", "suite_dst.py", "suite_dst_rules.py", "suite_export.py",
+                "suite_imp.py")  # not distributed
 
 
 def _env(**extra):
