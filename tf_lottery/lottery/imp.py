@@ -18,7 +18,6 @@ ticket and never feed the next level. Every kind trains ``T - k`` iterations, T 
 ``epochs`` of training data.
 """
 import logging
-import math
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -30,12 +29,13 @@ from tf_lottery._keras import keras, tf
 from tf_lottery.lottery import controls as controls_
 from tf_lottery.lottery import results
 from tf_lottery.lottery.controls import CONTROLS, reinitialise  # noqa: F401  (public here too)
-from tf_lottery.lottery.evaluation import Evaluator, ValidationCurve
+from tf_lottery.lottery.evaluation import Evaluator
 from tf_lottery.lottery.progress import LevelProgress
 from tf_lottery.lottery.rewind import RewindCheckpoint, parse_step, rewind
-from tf_lottery.dispatch import (build_optimizer, check_masks_agree, get_masks, get_weights,
-                                 is_keras3, keras_of, output_keys, reset_optimizer, set_masks,
-                                 set_random_seed, sparsify)
+from tf_lottery.lottery.run_identity import describe, fingerprint
+from tf_lottery.lottery.training_run import TrainingRun, remaining  # noqa: F401  (public here too)
+from tf_lottery.dispatch import (check_masks_agree, get_masks, get_weights, is_keras3,
+                                 keras_of, output_keys, set_masks)
 from tf_lottery.masking import selection
 
 log = logging.getLogger("tf_lottery")
@@ -43,45 +43,8 @@ log = logging.getLogger("tf_lottery")
 MODES = ("ticket", "finetune", "lr_rewind")
 
 
-def _describe(obj):
-    """A stable, JSON-able description of a callable or object for the run config."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return [_describe(o) for o in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _describe(v) for k, v in obj.items()}
-    func = getattr(obj, "func", None)
-    if func is not None and hasattr(obj, "keywords"):
-        return {"partial": _describe(func), "args": _describe(list(obj.args)),
-                "keywords": _describe(obj.keywords)}
-    if hasattr(obj, "get_config"):
-        try:
-            return {"class": type(obj).__name__, "config": _describe(obj.get_config())}
-        except Exception:  # noqa: BLE001  (an object whose config cannot be read)
-            pass
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{getattr(obj, '__module__', '')}.{name}"
-
-
-def _fingerprint(data):
-    if data is None:
-        return None
-    if isinstance(data, tf.data.Dataset):
-        return {"dataset": str(data.element_spec)}
-    arrays = [np.asarray(a) for a in data]
-    return {"shapes": [list(a.shape) for a in arrays],
-            "sha256": results.digest(arrays, max_bytes=1 << 24)}
-
-
-def remaining(masks: Mapping[str, np.ndarray]) -> float:
-    """Fraction of prunable weights left (0..1) across ``masks``."""
-    return float(sum(np.count_nonzero(m) for m in masks.values())
-                 / sum(np.size(m) for m in masks.values()))
-
-
 @gin.configurable
-class IterativeMagnitudePruning:
+class IterativeMagnitudePruning(TrainingRun):
     """Finds lottery tickets (or runs a pruning baseline) over ``levels`` levels.
 
     Args:
@@ -204,24 +167,16 @@ class IterativeMagnitudePruning:
         self._optimizers: Dict[int, object] = {}
         self._writers: Dict[str, object] = {}
 
-    def _steps_per_epoch(self, data) -> int:
-        if isinstance(data, tf.data.Dataset):
-            n = int(data.cardinality().numpy())
-            if n < 1:
-                raise ValueError("train_data has unknown length: pass steps_per_epoch")
-            return n
-        return int(math.ceil(len(data[0]) / int(self.batch_size)))
-
     def config(self) -> dict:
         """What determines the results; a second run into the same folder must match."""
         return {
-            "model_fn": _describe(self.model_fn), "optimizer_fn": _describe(self.optimizer_fn),
-            "loss": _describe(self._loss_arg if self._loss_arg is not None else
-                              keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-            "metrics": _describe(self.metrics),
-            "train_data": _fingerprint(self.train_data),
-            "test_data": _fingerprint(self.test_data),
-            "validation_data": _fingerprint(self.validation_data),
+            "model_fn": describe(self.model_fn), "optimizer_fn": describe(self.optimizer_fn),
+            "loss": describe(self._loss_arg if self._loss_arg is not None else
+                             keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+            "metrics": describe(self.metrics),
+            "train_data": fingerprint(self.train_data),
+            "test_data": fingerprint(self.test_data),
+            "validation_data": fingerprint(self.validation_data),
             "validation_note": self.validation_note, "eval_every": self.eval_every,
             "epochs": self.epochs, "batch_size": self.batch_size,
             "steps_per_epoch": self.steps_per_epoch, "levels": self.levels,
@@ -231,18 +186,6 @@ class IterativeMagnitudePruning:
             "mode": self.mode, "seed": self.seed, "deterministic": self.deterministic,
             "gin": gin.config_str() if gin.config_str().strip() else None,
         }
-
-    def _seed(self, level: int, kind: str) -> None:
-        offset = {"ticket": 0, "finetune": 0, "lr_rewind": 0, **controls_.SEED_OFFSETS}
-        set_random_seed(self.seed * 100003 + level * 10 + offset[kind])
-
-    def _build(self, seed_kind: str = "ticket", level: int = 0):
-        self._seed(level, seed_kind)
-        model = self.model_fn()
-        if not (isinstance(model, keras.Model) or is_keras3(model)):
-            raise TypeError(f"model_fn must return a tf_keras or Keras 3 Model, got "
-                            f"{type(model)}")
-        return sparsify(model, 0.0)
 
     def _fractions(self, model):
         """``(key -> fraction, pool)``: each weight's pruning fraction, and the keys that
@@ -266,103 +209,6 @@ class IterativeMagnitudePruning:
                 out[k] = float(self.layer_fractions[name])
                 pinned.add(k)
         return out, [k for k in keys if k not in pinned]
-
-    def _data_args(self, data) -> dict:
-        if isinstance(data, tf.data.Dataset):
-            return {"x": data}
-        return {"x": data[0], "y": data[1], "batch_size": self.batch_size}
-
-    def _compiled(self, model, start: int):
-        """Compiles ``model`` once (its train function is traced once and reused by every
-        later training) with its optimizer's slots built; later calls give its optimizer a fresh optimizer's state at
-        iteration ``start`` instead of building and compiling a new one."""
-        optimizer = self._optimizers.get(id(model))
-        if optimizer is None:
-            optimizer = self.optimizer_fn()
-            model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
-                          steps_per_execution=self._steps_per_execution(model))
-            build_optimizer(model)  # slots now: the first trace creates no variables, so
-            self._optimizers[id(model)] = optimizer  # tf.function traces it once, not twice
-        reset_optimizer(optimizer, start, model.trainable_variables)
-        return optimizer
-
-    def _steps_per_execution(self, model) -> int:
-        """Batches per compiled call: as many as the validation points allow, or 1 when
-        user callbacks or Keras' progress bars (verbose 3) must see every batch, or when
-        ``ValidationCurve`` cannot resize executions (only tf_keras reads
-        ``model.steps_per_execution`` anew before each one)."""
-        if self.callbacks or self.verbose >= 3 or not isinstance(model, keras.Model):
-            return 1
-        return self.total
-
-    def _fit_args(self, iterations: int) -> dict:
-        """``fit`` arguments for ``iterations`` batches of freshly shuffled training data.
-
-        Arrays become one dataset (a new permutation per pass over the data, a partial
-        last batch, as ``fit`` makes from arrays), repeated like a dataset given as
-        ``train_data``, so every setting trains on the same batches. Keras epochs are the
-        data's at verbose 2 (one line per epoch) and with user callbacks; otherwise nothing
-        looks at epochs and the whole training is one, so that executions span whole
-        validation intervals."""
-        data = self.train_data
-        if not isinstance(data, tf.data.Dataset):
-            x, y = data
-            data = (tf.data.Dataset.from_tensor_slices((x, y))
-                    .shuffle(len(x), seed=self.seed, reshuffle_each_iteration=True)
-                    .batch(int(self.batch_size)).prefetch(tf.data.AUTOTUNE))
-        args = {"x": data.repeat(), "shuffle": False}  # shuffled above; Keras 3 warns otherwise
-        if self.verbose >= 2 or self.callbacks:
-            return dict(args, steps_per_epoch=self.steps_per_epoch,
-                        epochs=int(math.ceil(iterations / self.steps_per_epoch)))
-        return dict(args, steps_per_epoch=iterations, epochs=1)
-
-    def _train(self, model, start: int, level: int, kind: str, extra_callbacks=(),
-               stops=()) -> dict:
-        """Trains ``model`` T - k iterations from iteration ``start`` with a fresh
-        optimizer state, then tests it (and its early-stopping weights)."""
-        self._seed(level, kind)
-        optimizer = self._compiled(model, start)
-        iterations = self.total - self.k
-        history = ValidationCurve(iterations, self._evaluator, self.eval_every,
-                                  self._steps_per_execution(model), stops)
-        t0 = time.perf_counter()
-        fit_verbose = {2: 2, 3: 1}.get(int(self.verbose), 0)
-        model.fit(**self._fit_args(iterations), verbose=fit_verbose,
-                  callbacks=[history, *extra_callbacks, *self.callbacks])
-        fit_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        accuracy, test_loss = self._test(model)
-        best = history.best
-        early_accuracy = None
-        if best is not None:
-            early_accuracy = accuracy
-            if best is not history.curve[-1]:  # test the weights of the early-stopping point
-                final = [tf.identity(w) for w in model.weights]
-                history.restore_best(model)
-                early_accuracy = self._test(model)[0]
-                for weight, value in zip(model.weights, final):
-                    weight.assign(value)
-        eval_seconds = time.perf_counter() - t0
-        masks = get_masks(model)
-        return {
-            "level": level, "kind": kind, "remaining": remaining(masks),
-            "test_accuracy": accuracy, "test_loss": test_loss,
-            "early_stop_iteration": None if best is None else best["iteration"],
-            "early_stop_test_accuracy": early_accuracy,
-            "early_stop_val_loss": None if best is None else best["val_loss"],
-            "best_val_accuracy": max((p["val_accuracy"] for p in history.curve), default=None),
-            "iterations": int(optimizer.iterations.numpy()) - start,
-            "fit_seconds": fit_seconds, "eval_seconds": eval_seconds, "curve": history.curve,
-        }
-
-    def _test(self, model):
-        """(test accuracy, test loss) of ``model`` as it is: the one test measurement, the
-        loss with the model's regularisation terms as ``evaluate`` reports it."""
-        if self._test_evaluator is None:
-            self._test_evaluator = Evaluator(self.test_data, self.loss)
-        scores = self._test_evaluator(model)
-        penalty = float(tf.add_n(model.losses)) if model.losses else 0.0
-        return float(scores["accuracy"]), float(scores["loss"]) + penalty
 
     def _controls(self, level: int, masks) -> List[dict]:
         return controls_.train_controls(self, level, masks)
