@@ -120,13 +120,14 @@ def _coarse_tie_keys(base):
     return Coarse()
 
 
-@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("xla", [None, False, True])
 @pytest.mark.parametrize("coarse", [False, True])
 def test_bounded_selections_choose_what_the_full_sort_chooses(coarse, xla):
     """The partial top_k paths (``k_max``: bounded by the active count; ``k_change``:
     by the entries one update changes; both, and bounds too small, which fall back)
-    choose exactly the full stable sort's entries, ties of scores and tie keys included;
-    so does XLA's namespace, whose thresholds come from counting instead of ``top_k``."""
+    choose exactly the full stable sort's entries, ties of scores and tie keys included,
+    with each TensorFlow namespace's thresholds (``top_k`` of the bound, counting for XLA,
+    an unsorted ``top_k`` of dynamic size for the graph executor)."""
     base = updaters.arrays.get("tensorflow", xla=xla)
     xp = _coarse_tie_keys(base) if coarse else base
     rng = np.random.default_rng(7)

@@ -75,16 +75,17 @@ def test_same_choice_as_tf_keras(method):
 def test_partial_top_k_and_backend_sorts_match_the_full_sort():
     """The bounded paths (k_max, k_change) and this backend's sorts and thresholds choose
     exactly what the full stable sort chooses, ties (zeros, equal gradients) and too-small
-    bounds included."""
+    bounds included; on TensorFlow with each namespace (XLA-safe default, graph executor,
+    XLA)."""
     from tf_lottery.dst import updaters
-    xp = arrays.get(BACKEND)
-    rng = np.random.default_rng(1)
+    namespaces = ([arrays.get(BACKEND, xla=xla) for xla in (None, False, True)]
+                  if BACKEND == "tensorflow" else [arrays.get(BACKEND)])
     shape = (8, 6)  # one shape and jitted steps: JAX compiles each variant once
     rules = (updaters.RigLUpdater(), updaters.MagnitudePruningUpdater())
     compiled = {}
 
-    def new(rule, bounds, *values):
-        key = (rule.name, bounds)
+    def new(xp, rule, bounds, *values):
+        key = (id(xp), rule.name, bounds)
         if key not in compiled:
             def fn(weight, mask, grad):
                 unit = updaters.UnitState(weight, mask, grad, None, xp.unit_seed(3, 1, 7), xp,
@@ -96,28 +97,30 @@ def test_partial_top_k_and_backend_sorts_match_the_full_sort():
             compiled[key] = fn
         return np.asarray(compiled[key](*(xp.asarray(v) for v in values)))
 
-    for trial in range(6):
-        mask = np.zeros(48, "float32")
-        mask[rng.permutation(48)[:14]] = 1.0
-        mask = mask.reshape(shape)
-        weight = rng.normal(size=shape).astype("float32") * mask
-        weight[rng.random(shape) < 0.3] = 0.0
-        grad = np.round(rng.normal(size=shape), 1).astype("float32")
-        k_max = 14 if trial % 2 else 7  # the active count, or a too-small bound
-        k_change = 6 if trial % 2 else 2
-        for rule in rules:
-            full = new(rule, (None, None), weight, mask, grad)
-            for bounds in ((k_max, None), (None, k_change), (k_max, k_change)):
-                np.testing.assert_array_equal(new(rule, bounds, weight, mask, grad), full,
-                                              err_msg=f"{rule.name} {bounds}")
-        scores = np.abs(np.round(rng.normal(size=48), 1)).astype("float32")
-        np.testing.assert_array_equal(np.asarray(xp.argsort_desc(xp.asarray(scores))),
-                                      np.argsort(-scores, kind="stable"))
-        np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),
-                                      np.argsort(scores, kind="stable"))
-        for k in (1, 5, 48):
-            got = xp.kth_largest(xp.asarray(scores), xp.asarray(k, xp.int32), 48)
-            assert float(np.asarray(got)) == np.sort(scores)[::-1][k - 1]
+    for xp in namespaces:
+        rng = np.random.default_rng(1)
+        for trial in range(6):
+            mask = np.zeros(48, "float32")
+            mask[rng.permutation(48)[:14]] = 1.0
+            mask = mask.reshape(shape)
+            weight = rng.normal(size=shape).astype("float32") * mask
+            weight[rng.random(shape) < 0.3] = 0.0
+            grad = np.round(rng.normal(size=shape), 1).astype("float32")
+            k_max = 14 if trial % 2 else 7  # the active count, or a too-small bound
+            k_change = 6 if trial % 2 else 2
+            for rule in rules:
+                full = new(xp, rule, (None, None), weight, mask, grad)
+                for bounds in ((k_max, None), (None, k_change), (k_max, k_change)):
+                    np.testing.assert_array_equal(new(xp, rule, bounds, weight, mask, grad),
+                                                  full, err_msg=f"{rule.name} {bounds}")
+            scores = np.abs(np.round(rng.normal(size=48), 1)).astype("float32")
+            np.testing.assert_array_equal(np.asarray(xp.argsort_desc(xp.asarray(scores))),
+                                          np.argsort(-scores, kind="stable"))
+            np.testing.assert_array_equal(np.asarray(xp.argsort(xp.asarray(scores))),
+                                          np.argsort(scores, kind="stable"))
+            for k in (1, 5, 48):
+                got = xp.kth_largest(xp.asarray(scores), xp.asarray(k, xp.int32), 48)
+                assert float(np.asarray(got)) == np.sort(scores)[::-1][k - 1]
 
 
 def test_schedule_cadence_and_drop_fraction():

@@ -5,13 +5,20 @@ written in, for each array library that runs them.
 runs them on TensorFlow tensors (the tf_keras path, and Keras 3 on the TensorFlow
 backend: the same ops, so the same choices, ties included), ``get("jax")`` on JAX arrays
 (Keras 3 on the JAX backend, inside a jitted step) and ``get("torch")`` on PyTorch
-tensors (Keras 3 on PyTorch, eager). On TensorFlow and JAX every op keeps static shapes
-and does no host round trip. Sorting is stable, so ties go to the lower index on all.
-``get("tensorflow", xla=True)`` is the TensorFlow namespace for steps compiled with XLA.
+tensors (Keras 3 on PyTorch, eager). No op makes a host round trip. Sorting is stable,
+so ties go to the lower index on all.
+
+TensorFlow has three, which differ only in how ``kth_largest`` finds a selection's
+threshold (all give the same value): ``get("tensorflow")`` (``TF``), static shapes and
+XLA-safe wherever the step runs (the tf_keras path, TPUs included): ``top_k`` of a bound;
+``get("tensorflow", xla=True)`` for steps XLA compiles, whose CPU ``top_k`` costs a full
+sort: counting passes; ``xla=False`` for TensorFlow's graph executor or eager: an
+unsorted ``top_k`` of a dynamic size.
 
 ``namespace(x)`` picks the namespace of a tensor (``None`` for Python numbers and numpy).
 """
 import sys
+from typing import Optional
 
 
 class _TF:
@@ -148,6 +155,17 @@ class _TF:
     def uniform_n(self, n, seed):
         """A vector of ``n`` uniform floats in [0, 1) (``n`` a scalar, maybe a tensor)."""
         return self.tf.random.stateless_uniform(self.tf.reshape(n, [1]), seed)
+
+
+class _TFGraph(_TF):
+    """TensorFlow ops for steps run by TensorFlow's graph executor or eagerly (not XLA):
+    thresholds from an unsorted ``top_k`` of exactly ``k`` entries (a dynamic shape),
+    about a third cheaper on CPU than the sorted ``top_k`` of the bound."""
+
+    def kth_largest(self, x, k, k_max: int):
+        tf = self.tf
+        top = tf.math.top_k(x, k=tf.maximum(tf.cast(k, tf.int32), 1), sorted=False)
+        return tf.reduce_min(top.values)
 
 
 class _TFXla(_TF):
@@ -322,16 +340,19 @@ def kth_largest_by_counting(xp, x, k):
 _CACHE = {}
 
 
-def get(name: str, xla: bool = False):
-    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use);
-    ``xla``: TensorFlow's for steps compiled with XLA (the others ignore it)."""
-    if name == "tensorflow" and xla:
-        name = "tensorflow-xla"
+def get(name: str, xla: Optional[bool] = None):
+    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use).
+    ``xla`` (TensorFlow only): True for steps compiled with XLA, False for steps TensorFlow's
+    graph executor runs (or eager), None when unknown (XLA-safe, the default)."""
+    if name == "tensorflow" and xla is not None:
+        name = "tensorflow-xla" if xla else "tensorflow-graph"
     if name not in _CACHE:
         if name == "tensorflow":
             _CACHE[name] = _TF()
         elif name == "tensorflow-xla":
             _CACHE[name] = _TFXla()
+        elif name == "tensorflow-graph":
+            _CACHE[name] = _TFGraph()
         elif name == "jax":
             _CACHE[name] = _JAX()
         elif name == "torch":
