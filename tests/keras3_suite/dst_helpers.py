@@ -43,13 +43,14 @@ class Loop:
         if BACKEND == "tensorflow":
             import tensorflow as tf
 
-            @tf.function
             def step(x, y):
                 with tf.GradientTape() as tape:
                     value = loss(y, model(x, training=True))
                 tvars = model.trainable_variables
                 opt.apply(tape.gradient(value, tvars), tvars)
-            self.step = step
+            self.step = tf.function(step)
+            # The ordinary and the update step traced apart (SparseOptimizer.traced_as)
+            self.steps = {kind: tf.function(step) for kind in ("ordinary", "update")}
         elif BACKEND == "torch":
             def step(x, y):
                 model.zero_grad()
@@ -83,11 +84,18 @@ class Loop:
 
     def run(self, x, y, batch=8):
         batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+        opt = self.opt
         if BACKEND in ("tensorflow", "torch"):
             for bx, by in batches:
-                self.step(bx, by)
+                if not self.two_kinds:
+                    self.step(bx, by)
+                    continue
+                self.count += 1
+                kind = "update" if opt.update_due(self.count) else "ordinary"
+                with opt.traced_as(kind):  # (tf.function traces at the first call)
+                    self.steps[kind](bx, by)
             return
-        model, opt = self.model, self.opt
+        model = self.model
         state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables],
                  [v.value for v in opt.variables])
