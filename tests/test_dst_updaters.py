@@ -173,8 +173,11 @@ def test_kth_largest_by_counting_is_the_sorted_value(values, data):
     assert got == want, (x, k, got, want)
 
 
-def test_xla_compiles_the_update():
-    """Static shapes only: the rule compiles under XLA (what TPUStrategy needs)."""
+@pytest.mark.parametrize("xla", [None, True])
+def test_xla_compiles_the_update(xla):
+    """Static shapes only: the rule compiles under XLA (what TPUStrategy needs), with the
+    default namespace and with XLA's (counting thresholds), and chooses what eager does."""
+    xp = updaters.arrays.get("tensorflow", xla=xla)
     rng = np.random.default_rng(3)
     mask = tf.constant((rng.random((16, 8)) < 0.5).astype(np.float32))
     weight = tf.constant(rng.normal(size=(16, 8)).astype(np.float32)) * mask
@@ -182,7 +185,8 @@ def test_xla_compiles_the_update():
 
     @tf.function(jit_compile=True)
     def update(step, fraction):
-        state = updaters.UnitState(weight, mask, grad, None, updaters.unit_seed(0, 0, step))
+        state = updaters.UnitState(weight, mask, grad, None, updaters.unit_seed(0, 0, step), xp,
+                                   k_max=64, k_change=20)
         return updaters.RigLUpdater().new_mask(state, fraction)
 
     compiled = update(tf.constant(100, tf.int64), tf.constant(0.3))
