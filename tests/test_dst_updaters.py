@@ -120,19 +120,29 @@ def _coarse_tie_keys(base):
     return Coarse()
 
 
-@pytest.mark.parametrize("xla", [None, False, True])
+@pytest.mark.parametrize("run", ["eager", "graph", "xla"])
 @pytest.mark.parametrize("coarse", [False, True])
-def test_bounded_selections_choose_what_the_full_sort_chooses(coarse, xla):
+def test_bounded_selections_choose_what_the_full_sort_chooses(coarse, run):
     """The partial top_k paths (``k_max``: bounded by the active count; ``k_change``:
     by the entries one update changes; both, and bounds too small, which fall back)
     choose exactly the full stable sort's entries, ties of scores and tie keys included,
-    with each TensorFlow namespace's thresholds (``top_k`` of the bound, counting for XLA,
-    an unsorted ``top_k`` of dynamic size for the graph executor)."""
-    base = updaters.arrays.get("tensorflow", xla=xla)
-    xp = _coarse_tie_keys(base) if coarse else base
+    eagerly, in ``tf.function`` (thresholds from an unsorted ``top_k``) and compiled by XLA
+    (thresholds from counting passes; fewer rules and bounds there, each a compilation)."""
+    xp = _coarse_tie_keys(updaters.arrays.TF) if coarse else updaters.arrays.TF
     rng = np.random.default_rng(7)
     rules = (updaters.RigLUpdater(), updaters.SETUpdater(), updaters.SNFSUpdater(),
              updaters.MagnitudePruningUpdater())
+    compiled = {}
+
+    def new_mask(rule, k_max, k_change, *tensors):
+        key = (rule.name, k_max, k_change)
+        if key not in compiled:
+            def fn(weight, mask, grad, seed, amount):
+                state = updaters.UnitState(weight, mask, grad, grad, seed, xp, k_max, k_change)
+                return rule.new_mask(state, amount)
+            compiled[key] = fn if run == "eager" else tf.function(fn, jit_compile=run == "xla")
+        return compiled[key](*tensors).numpy()
+
     for trial in range(8):
         shape = (9, 7)
         mask = np.zeros(63, np.float32)
@@ -142,17 +152,18 @@ def test_bounded_selections_choose_what_the_full_sort_chooses(coarse, xla):
         weight[rng.random(shape) < 0.3] = 0.0
         grad = np.round(rng.normal(size=shape), 1).astype(np.float32)
         grad[rng.random(shape) < 0.3] = 0.0
-        f = lambda v: tf.constant(v)  # noqa: E731
         fraction = (0.3, 0.5, 0.05, 0.9)[trial % 4]
         for rule in rules:
             amount = fraction if rule.name != "magnitude_pruning" else 0.8
-            results = []
-            for k_max, k_change in ((None, None), (20, None), (8, None), (None, 6),
-                                    (20, 6), (None, 2), (None, 10)):
-                state = updaters.UnitState(f(weight), f(mask), f(grad), f(grad),
-                                           updaters.unit_seed(trial, 1, 300), xp, k_max,
-                                           k_change)
-                results.append(rule.new_mask(state, amount).numpy())
+            tensors = [tf.constant(v) for v in (weight, mask, grad)] + [
+                updaters.unit_seed(trial, 1, 300), tf.constant(amount, tf.float32)]
+            bounds = ((None, None), (20, None), (8, None), (None, 6), (20, 6), (None, 2),
+                      (None, 10))
+            if run != "eager":  # (each bound is a function to trace or compile)
+                if rule.name in ("snfs", "magnitude_pruning"):
+                    continue
+                bounds = bounds[:1] + bounds[4:6]
+            results = [new_mask(rule, k_max, k_change, *tensors) for k_max, k_change in bounds]
             for k, other in enumerate(results[1:], 1):
                 np.testing.assert_array_equal(other, results[0], err_msg=f"{rule.name} {k}")
 
@@ -173,11 +184,25 @@ def test_kth_largest_by_counting_is_the_sorted_value(values, data):
     assert got == want, (x, k, got, want)
 
 
-@pytest.mark.parametrize("xla", [None, True])
-def test_xla_compiles_the_update(xla):
-    """Static shapes only: the rule compiles under XLA (what TPUStrategy needs), with the
-    default namespace and with XLA's (counting thresholds), and chooses what eager does."""
-    xp = updaters.arrays.get("tensorflow", xla=xla)
+def test_thresholds_know_where_the_step_runs():
+    """``TF.kth_largest`` counts inside XLA-compiled functions and uses ``top_k`` in the
+    graph executor and eagerly, and both give the k-th largest value."""
+    seen = []
+
+    def probe(x):
+        seen.append(updaters.arrays._in_xla(tf))
+        return updaters.arrays.TF.kth_largest(x, tf.constant(3), 5)
+
+    x = tf.constant([0.5, -1.0, 2.0, 2.0, 0.0, 7.0])
+    results = [float(probe(x)), float(tf.function(probe)(x)),
+               float(tf.function(probe, jit_compile=True)(x))]
+    assert seen == [False, False, True]
+    assert results == [2.0, 2.0, 2.0]
+
+
+def test_xla_compiles_the_update():
+    """Static shapes only: the rule compiles under XLA (what TPUStrategy needs; thresholds
+    from counting passes, bounded paths) and chooses what eager does."""
     rng = np.random.default_rng(3)
     mask = tf.constant((rng.random((16, 8)) < 0.5).astype(np.float32))
     weight = tf.constant(rng.normal(size=(16, 8)).astype(np.float32)) * mask
@@ -185,7 +210,7 @@ def test_xla_compiles_the_update(xla):
 
     @tf.function(jit_compile=True)
     def update(step, fraction):
-        state = updaters.UnitState(weight, mask, grad, None, updaters.unit_seed(0, 0, step), xp,
+        state = updaters.UnitState(weight, mask, grad, None, updaters.unit_seed(0, 0, step),
                                    k_max=64, k_change=20)
         return updaters.RigLUpdater().new_mask(state, fraction)
 

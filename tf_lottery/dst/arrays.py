@@ -8,17 +8,15 @@ backend: the same ops, so the same choices, ties included), ``get("jax")`` on JA
 tensors (Keras 3 on PyTorch, eager). No op makes a host round trip. Sorting is stable,
 so ties go to the lower index on all.
 
-TensorFlow has three, which differ only in how ``kth_largest`` finds a selection's
-threshold (all give the same value): ``get("tensorflow")`` (``TF``), static shapes and
-XLA-safe wherever the step runs (the tf_keras path, TPUs included): ``top_k`` of a bound;
-``get("tensorflow", xla=True)`` for steps XLA compiles, whose CPU ``top_k`` costs a full
-sort: counting passes; ``xla=False`` for TensorFlow's graph executor or eager: an
-unsorted ``top_k`` of a dynamic size.
+A selection's threshold (``kth_largest``) is found the way the step runs cheapest, with
+the same value: on JAX, and on TensorFlow where XLA compiles the step (``jit_compile``,
+TPUs), whose CPU ``top_k`` of a long vector costs a full sort, by counting passes; in
+TensorFlow's graph executor or eagerly, by an unsorted ``top_k`` of exactly k entries (a
+dynamic shape, which XLA could not take); on PyTorch, by ``top_k``.
 
 ``namespace(x)`` picks the namespace of a tensor (``None`` for Python numbers and numpy).
 """
 import sys
-from typing import Optional
 
 
 class _TF:
@@ -120,8 +118,13 @@ class _TF:
 
     def kth_largest(self, x, k, k_max: int):
         """The ``k``-th largest value of 1-D float32 ``x`` (``k`` a scalar int32, at most
-        the Python int ``k_max``), from ``top_k`` of ``k_max`` entries."""
-        return kth_largest_by_top_k(self, x, k, k_max)
+        the Python int ``k_max``; 0 gives a value no entry exceeds): counting passes inside
+        an XLA-compiled step, else an unsorted ``top_k`` of ``max(k, 1)`` entries."""
+        tf = self.tf
+        if _in_xla(tf):
+            return kth_largest_by_counting(self, x, k)
+        top = tf.math.top_k(x, k=tf.maximum(tf.cast(k, tf.int32), 1), sorted=False)
+        return tf.reduce_min(top.values)
 
     def order_keys(self, x):
         """uint32 keys of float32 ``x`` in the order of the floats (-0.0 just below 0.0)."""
@@ -155,25 +158,6 @@ class _TF:
     def uniform_n(self, n, seed):
         """A vector of ``n`` uniform floats in [0, 1) (``n`` a scalar, maybe a tensor)."""
         return self.tf.random.stateless_uniform(self.tf.reshape(n, [1]), seed)
-
-
-class _TFGraph(_TF):
-    """TensorFlow ops for steps run by TensorFlow's graph executor or eagerly (not XLA):
-    thresholds from an unsorted ``top_k`` of exactly ``k`` entries (a dynamic shape),
-    about a third cheaper on CPU than the sorted ``top_k`` of the bound."""
-
-    def kth_largest(self, x, k, k_max: int):
-        tf = self.tf
-        top = tf.math.top_k(x, k=tf.maximum(tf.cast(k, tf.int32), 1), sorted=False)
-        return tf.reduce_min(top.values)
-
-
-class _TFXla(_TF):
-    """TensorFlow ops for steps compiled with XLA (``jit_compile``), where ``top_k`` of a
-    long vector costs as much as a full sort."""
-
-    def kth_largest(self, x, k, k_max: int):
-        return kth_largest_by_counting(self, x, k)
 
 
 class _JAX:
@@ -317,10 +301,14 @@ class _JAX:
 _SIGN = -2**31  # the sign bit of an int32
 
 
-def kth_largest_by_top_k(xp, x, k, k_max: int):
-    """``xp.kth_largest`` through ``top_k`` of ``k_max`` entries (``k`` = 0: the largest)."""
-    values, _ = xp.top_k(x, k_max)
-    return xp.take(values, xp.maximum(xp.cast(k, xp.int32) - 1, 0))
+def _in_xla(tf) -> bool:
+    """Whether the op being built goes into an XLA-compiled function (``jit_compile``, or a
+    TPU step). TensorFlow has no public way to ask; its ``control_flow_util`` does it for
+    its own ops."""
+    if tf.executing_eagerly():
+        return False
+    from tensorflow.python.ops import control_flow_util
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def kth_largest_by_counting(xp, x, k):
@@ -340,19 +328,11 @@ def kth_largest_by_counting(xp, x, k):
 _CACHE = {}
 
 
-def get(name: str, xla: Optional[bool] = None):
-    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use).
-    ``xla`` (TensorFlow only): True for steps compiled with XLA, False for steps TensorFlow's
-    graph executor runs (or eager), None when unknown (XLA-safe, the default)."""
-    if name == "tensorflow" and xla is not None:
-        name = "tensorflow-xla" if xla else "tensorflow-graph"
+def get(name: str):
+    """The namespace ``"tensorflow"``, ``"jax"`` or ``"torch"`` (created on first use)."""
     if name not in _CACHE:
         if name == "tensorflow":
             _CACHE[name] = _TF()
-        elif name == "tensorflow-xla":
-            _CACHE[name] = _TFXla()
-        elif name == "tensorflow-graph":
-            _CACHE[name] = _TFGraph()
         elif name == "jax":
             _CACHE[name] = _JAX()
         elif name == "torch":

@@ -1,5 +1,4 @@
 """The PyTorch array namespace of ``tf_lottery.dst.arrays`` (Keras 3 on the PyTorch backend)."""
-from tf_lottery.dst import arrays
 
 
 class Torch:
@@ -104,7 +103,9 @@ class Torch:
         return x[order], order
 
     def kth_largest(self, x, k, k_max: int):
-        return arrays.kth_largest_by_top_k(self, x, k, k_max).reshape(())
+        """The ``k``-th largest value (eager: a ``top_k`` of ``k_max``; 0: the largest)."""
+        values, _ = self.top_k(x, k_max)
+        return values[max(int(k) - 1, 0)]
 
     def cond(self, pred, true_fn, false_fn):
         return true_fn() if bool(pred) else false_fn()

@@ -100,7 +100,7 @@ def _top_k_by_ties(scores, tie_keys, k, k_max: int, xp, larger_keys_first: bool 
     """``top_k_mask`` of the scores a random permutation put in the order of the tie keys
     (ascending, ties to the lower index), i.e. the ``k`` largest ``scores`` with ties
     going to the smaller tie keys, without a full sort: the threshold from
-    ``xp.kth_largest`` (``top_k`` of ``k_max`` entries, or counting passes under XLA), and
+    ``xp.kth_largest`` (a ``top_k``, or counting passes under XLA), and
     a ``top_k`` of ``k_max`` tie keys only when entries tie at the threshold (requires
     ``k <= k_max``). ``tie_keys`` is a function returning them (they are drawn only then).
     ``larger_keys_first``: ties go to the larger tie keys, then to the higher index."""

@@ -17,9 +17,9 @@ with zero gradient and zero state, stay 0); then, at the method's update steps (
 ``tf_lottery.dst.arrays``), new masks are computed and written with
 ``tf_lottery.keras3.state.assign_mask``: dropped and grown weights and their optimizer
 state become exactly 0, and every weight keeps its number of active entries. Where XLA
-compiles the step (JAX; TensorFlow when ``model.jit_compile``), whose ``top_k`` of a long
-vector costs a full sort on CPU, the selection thresholds come from counting passes
-instead (``tf_lottery.dst.arrays``), with the same result.
+compiles the step (JAX; TensorFlow with ``jit_compile``), whose ``top_k`` of a long vector
+costs a full sort on CPU, the selection thresholds come from counting passes instead
+(``tf_lottery.dst.arrays``), with the same result.
 
 The dense gradient (the tf_keras path's "gradient gate"): while a wrapper is live the
 masked layers compute with the raw weights, which the wrapper keeps exactly 0 where
@@ -112,8 +112,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "installed_by", None)
         object.__setattr__(self, "_traced_as", "either")
         object.__setattr__(self, "_due", (0, np.zeros(0, bool)))
-        object.__setattr__(self, "_xp", arrays.get(keras.config.backend(),
-                                                   xla=bool(getattr(model, "jit_compile", False))))
+        object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
         object.__setattr__(self, "_units", self._find_units(model, method))
         object.__setattr__(method, "_keras3_optimizer", self)
         with replicas.strategy_scope(model):
