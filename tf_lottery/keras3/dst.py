@@ -37,7 +37,6 @@ step, so on JAX they are brought up to date by ``sync_masks()`` (the ``fit`` cal
 at every epoch end; a custom JAX loop calls it after assigning its state back to the
 variables).
 """
-import contextlib
 from typing import Optional
 
 import keras
@@ -48,6 +47,24 @@ from tf_lottery.dst import arrays, updaters
 from tf_lottery.keras3 import api, dst_writes, replicas, state
 
 __all__ = ["SparseOptimizer"]
+
+
+class _TracedAs:
+    """``SparseOptimizer.traced_as``: sets the kind of step traced while it is entered (a
+    plain class: ``fit`` enters one at every step, where a generator context costs more)."""
+
+    __slots__ = ("optimizer", "kind", "previous")
+
+    def __init__(self, optimizer, kind):
+        self.optimizer, self.kind, self.previous = optimizer, kind, None
+
+    def __enter__(self):
+        self.previous = self.optimizer._traced_as
+        object.__setattr__(self.optimizer, "_traced_as", self.kind)
+        return self.optimizer
+
+    def __exit__(self, *exc):
+        object.__setattr__(self.optimizer, "_traced_as", self.previous)
 
 
 class _Unit:
@@ -229,10 +246,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "include_optimizer=False, or save weights")
 
     # -- two compiled steps
-    @contextlib.contextmanager
-    def traced_as(self, kind: str):
-        """Steps traced inside are ``"ordinary"`` steps (never a mask update) or
-        ``"update"`` steps (always one), instead of the default ``"either"`` (an in-step
+    def traced_as(self, kind: str) -> "_TracedAs":
+        """A context in which steps are traced as ``"ordinary"`` steps (never a mask update)
+        or ``"update"`` steps (always one), instead of the default ``"either"`` (an in-step
         conditional on the schedule).
 
         Why: a compiled step pays for the conditional even where it skips the update:
@@ -240,16 +256,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         branch) and 3% on TensorFlow's graph executor. ``fit`` therefore compiles both
         kinds and calls the update one exactly at the steps where ``update_due(step)`` is
         True; a custom loop can do the same (trace and call each kind inside this context,
-        as ``jax.jit`` and ``tf.function`` trace at the first call).
+        as ``jax.jit`` and ``tf.function`` trace at the first call; ``tf.distribute``
+        traces each replica in a thread of its own, which all read the kind set here).
         """
         if kind not in ("ordinary", "update", "either"):
             raise ValueError(f"kind must be 'ordinary', 'update' or 'either', not {kind!r}")
-        previous = self._traced_as
-        object.__setattr__(self, "_traced_as", kind)
-        try:
-            yield self
-        finally:
-            object.__setattr__(self, "_traced_as", previous)
+        return _TracedAs(self, kind)
 
     def update_due(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based: ``iterations + 1`` when it runs)

@@ -83,17 +83,10 @@ class _StepDispatch:
             self.step = int(ops.convert_to_numpy(self.wrapper.iterations.value))
         self.step += 1
         kind = "update" if self.wrapper.update_due(self.step) else "ordinary"
-        # The kind is set around the call, which traces at first (tf.distribute traces
-        # each replica's step in a thread of its own, all reading it); traced_as does
-        # the same with a context manager, which costs more than this per step.
-        wrapper, previous = self.wrapper, self.wrapper._traced_as
-        object.__setattr__(wrapper, "_traced_as", kind)
-        try:
+        with self.wrapper.traced_as(kind):  # (around the call, which traces at first)
             if not self.jax:
                 return self.functions[kind](*args)
             logs, self.returned = self.functions[kind](state, iterator)
-        finally:
-            object.__setattr__(wrapper, "_traced_as", previous)
         return logs, self.returned
 
 
