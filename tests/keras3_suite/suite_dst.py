@@ -139,6 +139,27 @@ def test_updates_follow_the_step_count_a_later_callback_restores():
     assert method._keras3_optimizer.update_count == 4  # steps 4, 6, 8, 10
 
 
+def test_updates_follow_a_step_count_changed_between_epochs():
+    """A callback that moves the step count when the second epoch begins: the next
+    updates come at multiples of delta_t of the new count (the fit's step dispatcher
+    counts from the optimizer again after every epoch)."""
+    x, y = data(64)
+    model = sparse_mlp()
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+
+    class Jump(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer.iterations.assign(13)  # (odd: a stale count errs)
+
+    method = tfl.RigL(delta_t=2, end_step=30, alpha=0.5, total_steps=40, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[method, Jump()])
+    assert int(_np(model.optimizer.iterations)) == 21
+    assert [r["step"] for r in method.history] == [8, 20]  # each epoch's last update
+    assert method._keras3_optimizer.update_count == 8  # 2, 4, 6, 8, then 14, 16, 18, 20
+
+
 def test_grown_weights_and_adam_state_are_zero_at_the_update():
     x, y = data(48)
     model = sparse_mlp()
