@@ -61,6 +61,20 @@ __all__ = [
 ]
 
 
+def _register_keras3_layers() -> None:
+    """Where Keras 3 is loaded already, loads ``tf_lottery.keras3`` now, so that
+    ``keras.saving.load_model`` finds ``tf_lottery>MaskedLayer`` (the import cannot set the
+    backend any more: Keras 3 fixes it when it loads)."""
+    import sys
+    keras = sys.modules.get("keras")
+    if keras is not None and str(getattr(keras, "__version__", "")).startswith("3"):
+        import importlib
+        importlib.import_module("tf_lottery.keras3")
+
+
+_register_keras3_layers()
+
+
 def __getattr__(name):
     """``tfl.keras3`` (the Keras 3 side) is imported on first use, so that a tf_keras-only
     process never loads Keras 3."""
