@@ -51,6 +51,53 @@ def test_keras3_suite(suite, backend):
     assert " passed" in done.stdout and "skipped" not in done.stdout and "failed" not in done.stdout
 
 
+_SAVE = """
+import sys, keras, numpy as np, tf_lottery as tfl
+keras.utils.set_random_seed(0)
+inputs = keras.Input((16,))
+model = keras.Model(inputs, keras.layers.Dense(4, name="d")(
+    keras.layers.Dense(32, activation="relu", name="h")(inputs)))
+sparse = tfl.sparsify(model, 0.7, "erk", seed=2)
+sparse.compile(keras.optimizers.Adam(0.01), "mse")
+x = np.random.default_rng(1).normal(size=(32, 16)).astype("float32")
+sparse.fit(x, x[:, :4], epochs=1, batch_size=8, verbose=0)
+sparse.save(sys.argv[1])
+np.savez(sys.argv[2], x=x, y=sparse.predict(x, verbose=0),
+         **{k.replace("/", "."): m for k, m in tfl.get_masks(sparse).items()})
+"""
+
+_LOAD = """
+import sys, keras, numpy as np, tf_lottery as tfl
+saved = np.load(sys.argv[2])
+loaded = keras.saving.load_model(sys.argv[1])
+masks = tfl.get_masks(loaded)
+for key, mask in masks.items():
+    np.testing.assert_array_equal(mask, saved[key.replace("/", ".")], err_msg=key)
+for layer in tfl.masked_layers(loaded):
+    for weight, mask in layer.masked_weights:
+        assert np.count_nonzero(keras.ops.convert_to_numpy(weight)[
+            tfl.keras3.wrapper.mask_array(mask) == 0]) == 0, weight.path
+np.testing.assert_allclose(loaded.predict(saved["x"], verbose=0), saved["y"], rtol=1e-5,
+                           atol=1e-6)
+print("loaded", sorted(masks), keras.backend.standardize_dtype(
+    tfl.masked_layers(loaded)[0].masked_weights[0][1].dtype))
+"""
+
+
+@pytest.mark.parametrize("source,target", [("jax", "tensorflow"), ("tensorflow", "jax")])
+def test_a_keras_file_moves_between_backends(tmp_path, source, target):
+    """A sparse ``.keras`` file saved on one backend (masks bool on JAX, float32 on
+    TensorFlow) loads on the other with the same masks, exact zeros and predictions."""
+    path, arrays = str(tmp_path / "sparse.keras"), str(tmp_path / "saved.npz")
+    for backend, code in ((source, _SAVE), (target, _LOAD)):
+        done = subprocess.run([sys.executable, "-c", code, path, arrays],
+                              env=_env(KERAS_BACKEND=backend), cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    expected_dtype = "bool" if target == "jax" else "float32"
+    assert done.stdout.split()[-1] == expected_dtype, done.stdout
+
+
 def test_binary_backend_flag_is_set_before_keras_loads():
     """``tf-lottery ... --backend=jax`` loads Keras 3 on JAX although KERAS_BACKEND is unset
     (the flag is read before TensorFlow, which imports Keras 3, loads)."""
