@@ -336,3 +336,24 @@ def test_unknown_training_length_needs_end_step():
     callback = RigL(delta_t=2, end_step=4)
     model.fit(dataset, epochs=1, verbose=0, callbacks=[callback])
     assert [r["step"] for r in callback.history] == [2, 4]
+
+
+def test_history_follows_a_step_count_other_callbacks_move():
+    """A later callback moves the step count when training begins (as BackupAndRestore
+    does when it resumes) and again when the second epoch begins: the history still has
+    every update, at multiples of delta_t of the moved count."""
+    model = _sparse()
+
+    class Move(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.optimizer.iterations.assign(3)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer.iterations.assign(13)
+
+    callback = RigL(delta_t=2, end_step=30, total_steps=40)
+    model.fit(*_data(4), batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+              callbacks=[callback, Move()])
+    assert int(model.optimizer.iterations.numpy()) == 17
+    assert [r["step"] for r in callback.history] == [4, 6, 14, 16]

@@ -10,7 +10,7 @@ import pytest
 import tf_lottery as tfl
 from tf_lottery.keras3.dst import SparseOptimizer
 from tf_lottery.masking import selection
-from suite_core import BACKEND, _np, data
+from suite_core import BACKEND, _np, assert_masked_zero, data
 from dst_helpers import Loop, active_counts, masked_state, sparse_mlp
 
 
@@ -35,7 +35,7 @@ def test_fit_keeps_counts_and_zeros(method):
         assert np.count_nonzero(weight[off]) == 0, key
         for slot in slots:
             assert np.count_nonzero(slot[off]) == 0, key
-    assert [r["step"] for r in callback.history] == [8, 14]  # last update of each epoch
+    assert [r["step"] for r in callback.history] == [2, 4, 6, 8, 10, 12, 14]  # every update
     for record in callback.history:
         assert record["grown"] == record["dropped"]
         assert record["active"] == active_counts(model)
@@ -66,7 +66,7 @@ def test_fit_trains_as_the_in_step_conditional_does():
             model.compile(sgd, "mse")
             model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
                       callbacks=[method, Probe()])
-            assert [r["step"] for r in method.history] == [6, 9]  # last of each epoch
+            assert [r["step"] for r in method.history] == [3, 6, 9]  # every update
         elif route == "compiled":
             opt = tfl.SparseOptimizer(sgd, model, method)
             model.compile(opt, "mse")
@@ -135,7 +135,7 @@ def test_updates_follow_the_step_count_a_later_callback_restores():
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
               callbacks=[method, Resume()])
     assert int(_np(model.optimizer.iterations)) == 11
-    assert [r["step"] for r in method.history] == [10]  # the epoch's last update
+    assert [r["step"] for r in method.history] == [4, 6, 8, 10]
     assert method._keras3_optimizer.update_count == 4  # steps 4, 6, 8, 10
 
 
@@ -156,7 +156,7 @@ def test_updates_follow_a_step_count_changed_between_epochs():
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
               callbacks=[method, Jump()])
     assert int(_np(model.optimizer.iterations)) == 21
-    assert [r["step"] for r in method.history] == [8, 20]  # each epoch's last update
+    assert [r["step"] for r in method.history] == [2, 4, 6, 8, 14, 16, 18, 20]
     assert method._keras3_optimizer.update_count == 8  # 2, 4, 6, 8, then 14, 16, 18, 20
 
 
@@ -268,3 +268,94 @@ def test_outside_write_in_the_middle_of_sparse_training():
     for layer in tfl.masked_layers(model):
         for weight, mask in layer.masked_weights:
             assert np.count_nonzero(_np(weight)[_np(mask) == 0]) == 0, weight.path
+
+
+def _event_tags(folder):
+    import glob
+    import os
+    import tensorflow as tf
+    tags = set()
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_fit_logs_every_update_to_history_verbose_and_log_dir(tmp_path, capsys):
+    """In fit, every mask update is logged as it happens: ``history``, one ``verbose``
+    line each, TensorBoard scalars and the sparsity chart under ``log_dir``."""
+    x, y = data(32)
+    model = sparse_mlp()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
+    method = tfl.RigL(delta_t=2, end_step=6, alpha=0.5, log_dir=str(tmp_path), verbose=1)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[method])
+    assert [r["step"] for r in method.history] == [2, 4, 6]
+    counts = active_counts(model)
+    for record in method.history:
+        assert record["active"] == counts and record["grown"] == record["dropped"]
+    assert method.history[-1] == method._keras3_optimizer.last_update()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RigL")]
+    assert [line.split(":")[0] for line in lines] == ["RigL step 2", "RigL step 4",
+                                                      "RigL step 6"]
+    tags = _event_tags(str(tmp_path / "dst"))
+    for tag in ("dst/drop_fraction", "dst/connections_changed", "dst/sparsity/total",
+                "dst/sparsity/d1/kernel", "dst/connections_changed/d1/kernel"):
+        assert tag in tags, tag
+    assert (tmp_path / "layer_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_again_reuses_the_compiled_steps_and_takes_the_masks_set_between():
+    """A second fit with the same method reuses the first one's compiled steps (compiling
+    them again costs seconds per fit call on JAX) and trains from masks set between the
+    two fits: with the same counts exactly (no update in the second fit), with other counts
+    through updates that keep the new counts (the steps are traced again for the new
+    top_k bounds). A new compile gets a new wrapper around the new optimizer."""
+    x, y = data(32)
+    model = sparse_mlp()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
+    method = tfl.RigL(delta_t=2, end_step=10, alpha=0.5, total_steps=24)
+    functions = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                functions.append(self.model.train_function)
+
+    def fit():
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[method, Probe()])
+
+    fit()  # steps 1-4: updates at 2, 4
+    traces = method.update_traces
+    rng = np.random.default_rng(4)
+    same = {k: rng.permutation(m.ravel()).reshape(m.shape)
+            for k, m in tfl.get_masks(model).items()}
+    tfl.set_masks(model, same)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,  # steps 5-8: 6, 8
+              callbacks=[method, Probe()])
+    assert active_counts(model) == {k: int(v.sum()) for k, v in same.items()}
+    assert method.update_traces == (traces if BACKEND != "torch" else 2 * traces)
+    if BACKEND != "torch":
+        assert functions[1] is functions[0]  # the same compiled steps
+    assert_masked_zero(model)
+
+    other = {k: selection.random_mask(m.shape, 0.9, rng) for k, m in same.items()}
+    tfl.set_masks(model, other)
+    fit()  # steps 9-12: 10, then none
+    wanted = {k: int(v.sum()) for k, v in other.items()}
+    assert active_counts(model) == wanted and method.history[-1]["active"] == wanted
+    assert method.history[-1]["step"] == 10
+    if BACKEND != "torch":
+        assert method.update_traces == traces + 1  # traced again for the new bounds
+    assert_masked_zero(model)
+
+    tfl.set_masks(model, same)
+    fit()  # steps 13-16, beyond end_step: the masks set are the masks trained
+    for key, mask in tfl.get_masks(model).items():
+        np.testing.assert_array_equal(mask, same[key], err_msg=key)
+
+    adam = keras.optimizers.Adam(0.01)
+    model.compile(adam, "mse")
+    fit()
+    assert model.optimizer is adam and method._keras3_optimizer.inner_optimizer is adam
+    assert_masked_zero(model)

@@ -37,7 +37,7 @@ from tf_lottery._keras import keras, tf
 from tf_lottery.dst import updaters
 from tf_lottery.dst.engine import MaskUpdateEngine
 from tf_lottery.masking.agreement import is_multi_worker
-from tf_lottery.dispatch import is_keras3
+from tf_lottery.dispatch import get_masks, is_keras3, live
 from tf_lottery.masking.api import check_masks_agree, masked_layers
 
 __all__ = ["MaskUpdateCallback"]
@@ -84,6 +84,8 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         self.history: List[Dict] = []
         self.engine = MaskUpdateEngine(self)
         self._writer = None
+        self._keras3 = False
+        self._recount = False
         self._installed = False
         self._last_logged = 0
         self._py_step = 0
@@ -91,6 +93,9 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     @property
     def update_traces(self) -> int:
+        keras3_optimizer = getattr(self, "_keras3_optimizer", None)
+        if keras3_optimizer is not None:
+            return keras3_optimizer.update_traces
         return self.engine.update_traces
 
     @property
@@ -137,9 +142,20 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        if is_keras3(model):  # Keras 3: the optimizer wrapper of tf_lottery.keras3.dst
+        self._keras3 = is_keras3(model)
+        if self._keras3:  # Keras 3: the optimizer wrapper of tf_lottery.keras3.dst
             from tf_lottery.keras3 import dst_fit as keras3_dst
-            return keras3_dst.fit_begin(self, model, self._total_steps())
+            keras3_dst.fit_begin(self, model, self._total_steps())
+        else:
+            self._tf_keras_begin(model)
+        self._py_step = int(np.asarray(model.optimizer.iterations))
+        self._epoch_start = self._py_step
+        self._last_logged = self._py_step
+        if self.log_dir:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "dst"))
+            self._log_sparsity(self._py_step)
+
+    def _tf_keras_begin(self, model):
         if not masked_layers(model):
             raise ValueError(f"{type(self).__name__}: model {model.name!r} has no MaskedLayer; "
                              "sparsify it first (tfl.sparsify)")
@@ -153,41 +169,50 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         if self.updater.updates:
             self._prepare(model)
             self._install(model)
-        self._py_step = int(model.optimizer.iterations.numpy())
-        self._epoch_start = self._py_step
-        self._last_logged = self._py_step
-        if self.log_dir:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "dst"))
-            self._log_sparsity(self._py_step)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._py_step
+        self._recount = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if is_keras3(self.model):
+        if self._keras3:
             from tf_lottery.keras3 import dst_fit as keras3_dst
             keras3_dst.fit_epoch_end(self, self.model)
 
     def on_train_batch_end(self, batch, logs=None):
-        if is_keras3(self.model):
-            return
-        self._py_step = self._epoch_start + int(batch) + 1
+        self._py_step = self._step_after(int(batch))
         if not self.updater.updates:
             return
         nxt = self._next_update_after(self._last_logged)
         if nxt is not None and self._py_step >= nxt:
             self._collect()
 
-    def on_train_end(self, logs=None):
-        if is_keras3(self.model):
+    def _step_after(self, batch: int) -> int:
+        """Optimizer steps taken once batch ``batch`` of this epoch is done: counted by a
+        Keras 3 fit's step dispatcher where there is one; else read from the optimizer at
+        the first batch of each epoch (after any callback that moves the count when
+        training or the epoch begins, as ``BackupAndRestore`` does) and counted on."""
+        if self._keras3:
             from tf_lottery.keras3 import dst_fit as keras3_dst
-            return keras3_dst.fit_end(self, self.model)
-        if self._installed:
+            step = keras3_dst.step_count(self.model)
+            if step is not None:
+                return step
+        if self._recount:
+            iterations = live(self.model).optimizer.iterations
+            self._epoch_start = int(np.asarray(iterations)) - batch - 1
+            self._recount = False
+        return self._epoch_start + batch + 1
+
+    def on_train_end(self, logs=None):
+        if self._keras3:
+            from tf_lottery.keras3 import dst_fit as keras3_dst
+            keras3_dst.fit_end(self, self.model)
+        elif self._installed:
             self._collect()
             self._uninstall(self.model)
         if self.log_dir:
             from tf_lottery.plots import plot_layer_sparsity
-            from tf_lottery.masking.api import sparsity_report
+            from tf_lottery.dispatch import sparsity_report
             plot_layer_sparsity(sparsity_report(self.model),
                                 os.path.join(self.log_dir, "layer_sparsity.png"),
                                 title=f"{type(self).__name__}: per-layer sparsity")
@@ -257,12 +282,20 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     # -- observability (host side, outside the update path)
     def _collect(self):
-        record = self.engine.last_update()
+        """Logs the last mask update if it is new: ``history``, ``verbose``, ``log_dir``."""
+        if self._keras3:
+            optimizer = getattr(self, "_keras3_optimizer", None)
+            if optimizer is None:
+                return
+            live(self.model)  # JAX: the fit loop's state, this step's
+            record = optimizer.last_update()
+        else:
+            record = self.engine.last_update()
         if record is None or record["step"] <= self._last_logged:  # no update since
             self._last_logged = max(self._last_logged, self._py_step)
             return
         self._last_logged = step = record["step"]
-        if is_multi_worker(self.model.distribute_strategy):
+        if not self._keras3 and is_multi_worker(self.model.distribute_strategy):
             record["masks_digest"] = check_masks_agree(self.model)  # raises if workers differ
         self.history.append(record)
         grown = sum(record["grown"].values())
@@ -284,14 +317,11 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             return
         total_active = total_size = 0
         with self._writer.as_default():
-            for layer in masked_layers(self.model):
-                for name, (_, mask) in zip(layer.weight_names, layer.masked_weights):
-                    values = mask.numpy()
-                    active = int(np.count_nonzero(values))
-                    total_active += active
-                    total_size += values.size
-                    tf.summary.scalar(f"dst/sparsity/{layer.layer.name}/{name}",
-                                      1.0 - active / values.size, step=step)
+            for key, mask in get_masks(self.model).items():
+                active = int(np.count_nonzero(mask))
+                total_active += active
+                total_size += mask.size
+                tf.summary.scalar(f"dst/sparsity/{key}", 1.0 - active / mask.size, step=step)
             if total_size:
                 tf.summary.scalar("dst/sparsity/total", 1.0 - total_active / total_size,
                                   step=step)

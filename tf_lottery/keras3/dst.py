@@ -94,6 +94,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     ``iterations``, ``learning_rate`` and the optimizer state are the wrapped
     optimizer's; ``variables`` adds the wrapper's own (update statistics, SNFS momentum,
     and on JAX the mask copies). Create it before tracing the training step.
+    ``update_traces`` counts how often the mask update was traced (or run eagerly).
     """
 
     def __init__(self, optimizer, model, method, name: Optional[str] = None):
@@ -127,6 +128,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "installed_by", None)
+        object.__setattr__(self, "update_traces", 0)
         object.__setattr__(self, "_traced_as", "either")
         object.__setattr__(self, "_due", (0, np.zeros(0, bool)))
         object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
@@ -313,6 +315,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         amount = xp.cast(amount, xp.float32)
 
         def new_masks():
+            object.__setattr__(self, "update_traces", self.update_traces + 1)
             out = []
             for u in units:
                 unit = updaters.UnitState(

@@ -2,9 +2,10 @@
 (``callbacks=[tfl.RigL(...)]``): the callback (``tf_lottery.dst.callback``) delegates here.
 
 ``fit_begin`` puts a ``SparseOptimizer`` around the compiled optimizer for the fit call and
-compiles the ordinary and the update step apart (``_StepDispatch``; TensorFlow and JAX);
-``fit_epoch_end`` brings the model's masks up to date and logs the last update;
-``fit_end`` gives the plain optimizer back.
+compiles the ordinary and the update step apart (``_StepDispatch``; TensorFlow and JAX),
+or reuses those of the method's previous ``fit`` of the same compiled model (``_Fit``);
+``fit_epoch_end`` brings the model's masks up to date; ``fit_end`` gives the plain
+optimizer back. The callback logs each update (``MaskUpdateCallback._collect``).
 """
 import keras
 from keras import ops
@@ -27,17 +28,61 @@ def fit_begin(method, model, total_steps) -> None:
     method._check_model(model)
     if not method.updater.updates:
         return  # static sparse: the masked layers keep the masks, nothing to install
-    object.__setattr__(method, "_keras3_optimizer", None)
-    wrapper = SparseOptimizer(model.optimizer, model, method)
-    object.__setattr__(wrapper, "installed_by", method)
-    model.optimizer = wrapper
-    model.make_train_function(force=True)
-    if keras.config.backend() in ("jax", "tensorflow") and _steps_per_execution(model) == 1:
-        _StepDispatch(model, wrapper)
+    fit = getattr(method, "_keras3_fit", None)
+    if fit is None or not fit.serves(model):
+        fit = _Fit(method, model)
+        object.__setattr__(method, "_keras3_fit", fit)
+    fit.install(model)
+
+
+def step_count(model):
+    """The optimizer steps taken by the model's fit so far, where the fit's step dispatcher
+    counts them (TensorFlow and JAX, one step per call); else None."""
+    function = model.train_function
+    return function.step if isinstance(function, _StepDispatch) else None
 
 
 def _steps_per_execution(model) -> int:
     return int(getattr(model, "steps_per_execution", 1) or 1)
+
+
+class _Fit:
+    """What a method installs on a model for its ``fit`` calls, kept from one call to the
+    next: the wrapper and its compiled steps (compiling them again costs seconds per
+    ``fit`` call on JAX). The next ``fit`` reuses them while the model keeps Keras' train
+    function of this compile (``compile`` drops it), its optimizer and its trainable
+    variables; the wrapper takes the model's masks again, and the steps are traced again
+    if the masks' ``top_k`` bounds changed (another number of active entries)."""
+
+    def __init__(self, method, model):
+        object.__setattr__(method, "_keras3_optimizer", None)
+        self.plain = model.train_function  # Keras' own, made before on_train_begin
+        self.variables = [id(v) for v in model.trainable_variables]
+        self.wrapper = SparseOptimizer(model.optimizer, model, method)
+        object.__setattr__(self.wrapper, "installed_by", method)
+        self.train_function, self.bounds = None, None
+
+    def serves(self, model) -> bool:
+        wrapper = self.wrapper
+        return (wrapper.model is model and wrapper.inner_optimizer is model.optimizer
+                and self.plain is not None and model.train_function is self.plain
+                and self.variables == [id(v) for v in model.trainable_variables])
+
+    def install(self, model) -> None:
+        wrapper = self.wrapper
+        wrapper.begin()  # the masks may have changed since the last fit
+        bounds = [(u.k_max, u.k_change) for u in wrapper.units]
+        model.optimizer = wrapper
+        if self.train_function is not None and bounds == self.bounds:
+            model.train_function = self.train_function
+            if isinstance(model.train_function, _StepDispatch):
+                model.train_function.recount()
+            return
+        self.bounds = bounds
+        model.make_train_function(force=True)
+        if keras.config.backend() in ("jax", "tensorflow") and _steps_per_execution(model) == 1:
+            _StepDispatch(model, wrapper)
+        self.train_function = model.train_function
 
 
 class _StepDispatch:
@@ -98,19 +143,11 @@ def _own_step(model, jax):
 
 
 def _uninstall(model, wrapper) -> None:
+    """Gives the model its plain optimizer and Keras' train function of its compile back."""
     wrapper.release()
     model.optimizer = wrapper.inner_optimizer
-    model.train_function = None
-
-
-def _record(method, wrapper) -> None:
-    record = wrapper.last_update()
-    if record is not None and (not method.history or method.history[-1] != record):
-        method.history.append(record)
-        if method.verbose:
-            print(f"{type(method).__name__} step {record['step']}: {method.amount_name} "
-                  f"{record[method.amount_name]:.4f}, {sum(record['grown'].values())} grown, "
-                  f"{sum(record['dropped'].values())} dropped")
+    fit = getattr(wrapper.installed_by, "_keras3_fit", None)
+    model.train_function = fit.plain if fit is not None and fit.wrapper is wrapper else None
 
 
 def fit_epoch_end(method, model) -> None:
@@ -118,7 +155,7 @@ def fit_epoch_end(method, model) -> None:
     wrapper = model.optimizer
     if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
         wrapper.sync_masks()
-        _record(method, wrapper)
+        method._collect()
         if isinstance(model.train_function, _StepDispatch):
             model.train_function.recount()
 
@@ -127,5 +164,5 @@ def fit_end(method, model) -> None:
     """``on_train_end``: removes the wrapper; the model keeps the masks it reached."""
     wrapper = model.optimizer
     if isinstance(wrapper, SparseOptimizer) and wrapper.installed_by is method:
-        _record(method, wrapper)
+        method._collect()
         _uninstall(model, wrapper)
