@@ -18,6 +18,8 @@ dynamic shape, which XLA could not take); on PyTorch, by ``top_k``.
 """
 import sys
 
+import numpy as np
+
 
 class _TF:
     """TensorFlow ops (eager or inside ``tf.function``)."""
@@ -138,6 +140,14 @@ class _TF:
 
     def cond(self, pred, true_fn, false_fn):
         return self.tf.cond(pred, true_fn, false_fn)
+
+    def fori_loop(self, n: int, body, init):
+        """``body(i, value)`` for ``i`` in ``range(n)`` from ``init`` (a loop op, not ``n``
+        copies of the body: XLA compiles it once)."""
+        tf = self.tf
+        _, out = tf.while_loop(lambda i, v: i < n, lambda i, v: (i + 1, body(i, v)),
+                               (tf.constant(0), init), maximum_iterations=n)
+        return out
 
     def scatter(self, indices, values, n):
         """A length-``n`` vector with ``values`` at ``indices`` (a permutation)."""
@@ -278,6 +288,9 @@ class _JAX:
     def cond(self, pred, true_fn, false_fn):
         return self.jax.lax.cond(pred, true_fn, false_fn)
 
+    def fori_loop(self, n: int, body, init):
+        return self.jax.lax.fori_loop(0, n, body, init)
+
     def scatter(self, indices, values, n):
         return self.jnp.zeros((n,), values.dtype).at[indices].set(values)
 
@@ -313,15 +326,19 @@ def _in_xla(tf) -> bool:
 
 def kth_largest_by_counting(xp, x, k):
     """``xp.kth_largest`` without sorting: the largest order key with at least ``k``
-    entries at or above it, found bit by bit (32 counting passes over ``x``, which XLA
-    fuses). Equal to the ``top_k`` threshold as a float; ``k`` = 0 gives +inf."""
+    entries at or above it, found bit by bit (32 counting passes over ``x`` in a loop op:
+    unrolled, XLA's CPU runtime took 8 times longer to compile them and 40% longer to run
+    them). Equal to the ``top_k`` threshold as a float; ``k`` = 0 gives +inf."""
     keys = xp.order_keys(x)
     k = xp.cast(k, xp.int32)
-    prefix = xp.asarray(0, xp.uint32)
-    for bit in range(31, -1, -1):
-        candidate = prefix | xp.asarray(1 << bit, xp.uint32)
+    bits = xp.asarray(np.asarray([1 << b for b in range(31, -1, -1)], np.uint32))
+
+    def narrow(i, prefix):
+        candidate = prefix | xp.take(bits, i)
         count = xp.sum(xp.cast(keys >= candidate, xp.int32))
-        prefix = xp.where(count >= k, candidate, prefix)
+        return xp.where(count >= k, candidate, prefix)
+
+    prefix = xp.fori_loop(32, narrow, xp.asarray(0, xp.uint32))
     return xp.where(k > 0, xp.key_value(prefix), xp.asarray(float("inf"), xp.float32))
 
 
