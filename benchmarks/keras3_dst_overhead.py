@@ -21,7 +21,6 @@ own process (the Keras backend is fixed per process), and prints both reports.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -185,15 +184,9 @@ def main(argv=None):
             raise SystemExit(f"set KERAS_BACKEND={args.backend} (the backend is fixed when "
                              "Keras is imported), or run without --backend")
         return run(args)
-    code = 0
-    for backend in ("tensorflow", "jax"):
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        env.pop("TF_USE_LEGACY_KERAS", None)
-        argv_ = [a for a in (argv if argv is not None else sys.argv[1:])]
-        code |= subprocess.run([sys.executable, os.path.abspath(__file__), "--backend", backend]
-                               + argv_, env=env).returncode
-        print(flush=True)
-    return code
+    from processes import run_each
+    return run_each(__file__, "--backend", ("tensorflow", "jax"),
+                    argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -182,12 +182,13 @@ def test_static_sparse_and_restored_train_step():
     model.fit(*_data(6), batch_size=BATCH, epochs=1, verbose=0, callbacks=[rigl])
     assert [r["step"] for r in rigl.history] == [8, 10, 12]
     assert "train_step" not in model.__dict__  # Keras' own step is back
-    assert model.train_function is None
+    keras_own, _, installed = rigl._traced
+    assert model.train_function is keras_own and keras_own is not installed
     after_rigl = tfl.get_masks(model)
     assert any(not np.array_equal(masks[k], after_rigl[k]) for k in masks)
-    # a second fit with the same callback traces the update once more, not per update
+    # a second fit with the same callback reuses the traced step: no trace per fit or update
     model.fit(*_data(6), batch_size=BATCH, epochs=1, verbose=0, callbacks=[rigl])
-    assert rigl.update_traces == 2
+    assert rigl.update_traces == 1
     assert rigl.dense_gradient_steps == 3  # no update after end_step, no dense gradient
 
 
@@ -357,3 +358,52 @@ def test_history_follows_a_step_count_other_callbacks_move():
               callbacks=[callback, Move()])
     assert int(model.optimizer.iterations.numpy()) == 17
     assert [r["step"] for r in callback.history] == [4, 6, 14, 16]
+
+
+def test_fit_again_reuses_the_traced_step_and_takes_the_masks_set_between():
+    """A second fit with the same callback reuses the first one's traced train function
+    (tracing it again cost about 1 s per fit call for LeNet-300-100) and trains from masks
+    set between the two fits: with the same counts through the same function, with other
+    counts through one traced again for the new top_k bounds, and after a new compile."""
+    model = _sparse()
+    callback = RigL(delta_t=2, end_step=10, total_steps=24)
+    functions = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                functions.append(self.model.train_function)
+
+    def fit():
+        model.fit(*_data(4), batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[callback, Probe()])
+
+    def assert_zero_where_masked():
+        for layer in tfl.masked_layers(model):
+            for weight, mask in layer.masked_weights:
+                assert np.count_nonzero(weight.numpy()[mask.numpy() == 0]) == 0, weight.name
+
+    fit()  # steps 1-4: updates at 2, 4
+    assert callback.update_traces == 1
+    rng = np.random.default_rng(4)
+    same = {k: rng.permutation(m.ravel()).reshape(m.shape)
+            for k, m in tfl.get_masks(model).items()}
+    tfl.set_masks(model, same)
+    fit()  # steps 5-8: 6, 8
+    assert functions[1] is functions[0] and callback.update_traces == 1
+    assert {k: int(m.sum()) for k, m in tfl.get_masks(model).items()} == {
+        k: int(m.sum()) for k, m in same.items()}
+    assert_zero_where_masked()
+    other = {k: (rng.random(m.shape) < 0.2).astype(np.float32) for k, m in same.items()}
+    tfl.set_masks(model, other)
+    fit()  # steps 9-12: 10
+    assert callback.update_traces == 2 and functions[2] is not functions[1]
+    assert callback.history[-1]["step"] == 10
+    assert callback.history[-1]["active"] == {k: int(m.sum()) for k, m in other.items()
+                                              if k in callback.history[-1]["active"]}
+    assert_zero_where_masked()
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit()  # steps 13-16, after a new compile: traced again
+    assert callback.update_traces == 3
+    assert_zero_where_masked()

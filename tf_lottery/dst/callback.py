@@ -11,7 +11,8 @@ Usage::
 A Keras callback never sees the gradients, so in ``on_train_begin`` the callback installs
 a ``train_step`` on the model (an instance attribute, removed in ``on_train_end``, and at
 the latest when the next ``fit`` begins if a fit raised before ``on_train_end``) and
-rebuilds the model's train function once. The installed step is Keras' default step
+rebuilds the model's train function once, or reuses the one it traced for its previous
+``fit`` of the same compiled model. The installed step is Keras' default step
 (forward, ``compute_loss``, gradients, ``compute_metrics``) with the optimizer call
 replaced by ``MaskUpdateEngine.apply_gradients`` (``tf_lottery.dst.engine``: the masked
 update, then the in-graph mask update; the module doc there says how). The same engine
@@ -86,6 +87,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         self._writer = None
         self._keras3 = False
         self._recount = False
+        self._traced = None  # (Keras' train function, identity, the installed one)
         self._installed = False
         self._last_logged = 0
         self._py_step = 0
@@ -148,7 +150,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             keras3_dst.fit_begin(self, model, self._total_steps())
         else:
             self._tf_keras_begin(model)
-        self._py_step = int(np.asarray(model.optimizer.iterations))
+        self._py_step = int(model.optimizer.iterations.numpy())
         self._epoch_start = self._py_step
         self._last_logged = self._py_step
         if self.log_dir:
@@ -199,7 +201,7 @@ class MaskUpdateCallback(keras.callbacks.Callback):
                 return step
         if self._recount:
             iterations = live(self.model).optimizer.iterations
-            self._epoch_start = int(np.asarray(iterations)) - batch - 1
+            self._epoch_start = int(iterations.numpy()) - batch - 1
             self._recount = False
         return self._epoch_start + batch + 1
 
@@ -240,7 +242,10 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         """Puts this callback's train step on ``model`` for the current fit call.
 
         ``fit`` builds its train function (``make_train_function``) *before* calling
-        ``on_train_begin``, so the train function is rebuilt here. The instance's
+        ``on_train_begin``, so the train function is rebuilt here, or the one traced for
+        this callback's previous fit is reused (``_traced_identity``: same compile,
+        optimizer, variables and top_k bounds; tracing again costs about a second per
+        fit call even for LeNet-300-100). The instance's
         ``make_train_function`` is replaced too, by one that first removes the installed
         step: the next ``fit`` (or ``train_on_batch``) starts from Keras' own step even if
         this fit raised before ``on_train_end``.
@@ -249,17 +254,31 @@ class MaskUpdateCallback(keras.callbacks.Callback):
             self._uninstall(model)
             return model.make_train_function(force=force)
 
+        plain = model.train_function  # Keras' own of this compile, made before this call
         object.__setattr__(model, "train_step", self._train_step)
         object.__setattr__(model, "make_train_function", make_default_train_function)
         object.__setattr__(model, _INSTALLED, (self, self.params))
-        model.train_function = type(model).make_train_function(model, force=True)
+        identity = self._traced_identity(model)
+        if self._traced is not None and self._traced[:2] == (plain, identity):
+            model.train_function = self._traced[2]  # the last fit's, still valid
+        else:
+            model.train_function = type(model).make_train_function(model, force=True)
+            self._traced = (plain, identity, model.train_function)
         self._installed = True
+
+    def _traced_identity(self, model):
+        """What the installed train function depends on beyond Keras' own of the compile:
+        the model, its optimizer, its trainable variables and the top_k bounds traced in."""
+        return (id(model), id(model.optimizer), [id(v) for v in model.trainable_variables],
+                [(u.k_max, u.k_change) for u in self.engine.units])
 
     def _uninstall(self, model):
         if model.__dict__.get(_INSTALLED, (None,))[0] is self:
             for name in ("train_step", "make_train_function", _INSTALLED):
                 model.__dict__.pop(name, None)
-            model.train_function = None
+            # Keras' own train function of this compile: the next fit of this method
+            # reuses the traced one while this is the model's (compile drops it).
+            model.train_function = self._traced[0] if self._traced is not None else None
             self.engine.release()
         self._installed = False
 

@@ -1,5 +1,5 @@
-"""What RigL costs in ``model.fit`` on Keras 3, per backend (TensorFlow, JAX): repeated
-``fit`` calls of LeNet-300-100 (784-300-100-10, MNIST-shaped synthetic data, batches of 100)
+"""What RigL costs in ``model.fit``, on tf_keras and on Keras 3 with the TensorFlow and JAX
+backends: repeated ``fit`` calls of LeNet-300-100 (784-300-100-10, MNIST-shaped synthetic data, batches of 100)
 or ResNet-20 (``--shape resnet20``, CIFAR-shaped batches of 128), SGD with momentum 0.9:
 
 - dense:  the plain model, no callback;
@@ -11,32 +11,44 @@ each), the variants taking turns call by call (the order rotates every round). T
 call of each variant includes tracing and compiling; the later ones show whether a ``fit``
 call pays for that again (the RigL callback keeps its compiled steps for the next ``fit``
 of the same compiled model). Ratios: the first calls, and the median over later rounds.
-Without ``--backend`` the script runs itself once per backend, each in its own process.
+Without ``--flavour`` the script runs itself once per flavour (``tf_keras``, Keras 3 on
+``tensorflow``, on ``jax``), each in its own process.
 ``benchmarks/keras3_dst_overhead.py`` times single steps instead.
 """
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+FLAVOURS = ("tf_keras", "tensorflow", "jax")
+
+
+def _models(flavour):
+    """(keras module, shape name -> (builder, input shape)) of ``flavour``."""
+    if flavour == "tf_keras":
+        from tf_lottery._keras import keras
+        from tf_lottery.training import models
+        return keras, {"lenet": (lambda: models.lenet_300_100((784,), seed=0), (784,)),
+                       "resnet20": (lambda: models.resnet20(seed=0), (32, 32, 3))}
+    import keras
+    from keras3_models import SHAPES
+    return keras, SHAPES
 
 
 def run(args):
-    import keras
     import numpy as np
     import tf_lottery as tfl
-    from keras3_models import SHAPES
+    keras, SHAPES = _models(args.flavour)
     batch = {"lenet": 100, "resnet20": 128}[args.shape]
     rng = np.random.default_rng(0)
     n = batch * args.steps
     x = rng.normal(size=(n, *SHAPES[args.shape][1])).astype("float32")
     y = rng.integers(0, 10, size=(n,)).astype("int32")
     total = args.calls * args.epochs * args.steps
-    print(f"Keras {keras.__version__}, backend {keras.config.backend()}, {os.cpu_count()} CPU "
-          f"cores, load average {os.getloadavg()[0]:.2f} at start")
+    print(f"{args.flavour}: Keras {keras.__version__}, {os.cpu_count()} CPU cores, load "
+          f"average {os.getloadavg()[0]:.2f} at start")
     print(f"{args.shape}, batch {batch}, 90% ERK, RigL delta_t={args.delta_t}: {args.calls} fit "
           f"calls x {args.epochs} epochs x {args.steps} steps per variant, taking turns")
 
@@ -70,7 +82,7 @@ def run(args):
             return times[a][0] / times[b][0]
         return statistics.median(p / q for p, q in zip(times[a][1:], times[b][1:]))
 
-    tag = f"[{keras.config.backend()}]"
+    tag = f"[{args.flavour}]"
     print()
     print(f"{tag} first fit call (traces, compiles): RigL/static = "
           f"{ratio('rigl', 'static', False):.3f}, static/dense = "
@@ -84,9 +96,9 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=("tensorflow", "jax"),
-                        help="run in this process with this backend (default: both, each "
-                        "in its own process)")
+    parser.add_argument("--flavour", choices=FLAVOURS,
+                        help="run in this process: tf_keras, or Keras 3 with this backend "
+                        "(default: each, in a process of its own)")
     parser.add_argument("--shape", choices=("lenet", "resnet20"), default="lenet")
     parser.add_argument("--calls", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
@@ -95,20 +107,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.calls < 2:
         parser.error("--calls must be at least 2 (the first call includes compiling)")
-    if args.backend:
-        if os.environ.get("KERAS_BACKEND") != args.backend:
-            raise SystemExit(f"set KERAS_BACKEND={args.backend} (the backend is fixed when "
-                             "Keras is imported), or run without --backend")
+    if args.flavour:
+        if args.flavour != "tf_keras" and os.environ.get("KERAS_BACKEND") != args.flavour:
+            raise SystemExit(f"set KERAS_BACKEND={args.flavour} (the backend is fixed when "
+                             "Keras is imported), or run without --flavour")
         return run(args)
-    code = 0
-    for backend in ("tensorflow", "jax"):
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        env.pop("TF_USE_LEGACY_KERAS", None)
-        argv_ = list(argv if argv is not None else sys.argv[1:])
-        code |= subprocess.run([sys.executable, os.path.abspath(__file__), "--backend", backend]
-                               + argv_, env=env).returncode
-        print(flush=True)
-    return code
+    from processes import run_each
+    return run_each(__file__, "--flavour", FLAVOURS,
+                    argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":
