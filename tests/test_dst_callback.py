@@ -12,32 +12,7 @@ from tf_lottery._keras import keras, tf, tfmot
 from tf_lottery.dst import (SET, SNFS, GradualMagnitudePruning, RigL, StaticSparse,
                             optimizer_slots)
 from tf_lottery.plots import plot_layer_sparsity
-
-BATCH = 8
-
-
-def _tiny(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((6, 6, 1))
-    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(16, activation="tanh", name="d1")(x)
-    outputs = keras.layers.Dense(5, name="d2")(x)
-    return keras.Model(inputs, outputs, name="tiny")
-
-
-def _data(steps, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.normal(size=(steps * BATCH, 6, 6, 1)).astype("float32"),
-            rng.integers(0, 5, size=(steps * BATCH,)).astype("int32"))
-
-
-def _sparse(optimizer=None, sparsity=0.7, seed=0):
-    model = tfl.sparsify(_tiny(seed), sparsity, "erk", seed=seed)
-    model.compile(optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
+from dst_tiny import BATCH, _data, _sparse, _tiny
 
 def _masked_weights(model):
     return {f"{layer.layer.name}/{name}": (w, m) for layer in tfl.masked_layers(model)
@@ -337,73 +312,3 @@ def test_unknown_training_length_needs_end_step():
     callback = RigL(delta_t=2, end_step=4)
     model.fit(dataset, epochs=1, verbose=0, callbacks=[callback])
     assert [r["step"] for r in callback.history] == [2, 4]
-
-
-def test_history_follows_a_step_count_other_callbacks_move():
-    """A later callback moves the step count when training begins (as BackupAndRestore
-    does when it resumes) and again when the second epoch begins: the history still has
-    every update, at multiples of delta_t of the moved count."""
-    model = _sparse()
-
-    class Move(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.model.optimizer.iterations.assign(3)
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                self.model.optimizer.iterations.assign(13)
-
-    callback = RigL(delta_t=2, end_step=30, total_steps=40)
-    model.fit(*_data(4), batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-              callbacks=[callback, Move()])
-    assert int(model.optimizer.iterations.numpy()) == 17
-    assert [r["step"] for r in callback.history] == [4, 6, 14, 16]
-
-
-def test_fit_again_reuses_the_traced_step_and_takes_the_masks_set_between():
-    """A second fit with the same callback reuses the first one's traced train function
-    (tracing it again cost about 1 s per fit call for LeNet-300-100) and trains from masks
-    set between the two fits: with the same counts through the same function, with other
-    counts through one traced again for the new top_k bounds, and after a new compile."""
-    model = _sparse()
-    callback = RigL(delta_t=2, end_step=10, total_steps=24)
-    functions = []
-
-    class Probe(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            if batch == 0:
-                functions.append(self.model.train_function)
-
-    def fit():
-        model.fit(*_data(4), batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[callback, Probe()])
-
-    def assert_zero_where_masked():
-        for layer in tfl.masked_layers(model):
-            for weight, mask in layer.masked_weights:
-                assert np.count_nonzero(weight.numpy()[mask.numpy() == 0]) == 0, weight.name
-
-    fit()  # steps 1-4: updates at 2, 4
-    assert callback.update_traces == 1
-    rng = np.random.default_rng(4)
-    same = {k: rng.permutation(m.ravel()).reshape(m.shape)
-            for k, m in tfl.get_masks(model).items()}
-    tfl.set_masks(model, same)
-    fit()  # steps 5-8: 6, 8
-    assert functions[1] is functions[0] and callback.update_traces == 1
-    assert {k: int(m.sum()) for k, m in tfl.get_masks(model).items()} == {
-        k: int(m.sum()) for k, m in same.items()}
-    assert_zero_where_masked()
-    other = {k: (rng.random(m.shape) < 0.2).astype(np.float32) for k, m in same.items()}
-    tfl.set_masks(model, other)
-    fit()  # steps 9-12: 10
-    assert callback.update_traces == 2 and functions[2] is not functions[1]
-    assert callback.history[-1]["step"] == 10
-    assert callback.history[-1]["active"] == {k: int(m.sum()) for k, m in other.items()
-                                              if k in callback.history[-1]["active"]}
-    assert_zero_where_masked()
-    model.compile(keras.optimizers.Adam(0.01),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    fit()  # steps 13-16, after a new compile: traced again
-    assert callback.update_traces == 3
-    assert_zero_where_masked()

@@ -67,7 +67,8 @@ class MaskUpdateCallback(keras.callbacks.Callback):
     Attributes (after training):
       history: one dict per logged update: ``step``, ``drop_fraction`` (pruning:
         ``target_sparsity``), and ``grown``, ``dropped``, ``active``: weight key -> count.
-      update_traces: how often the update was traced (one per replica per ``fit``).
+      update_traces: how often the update was traced (one per replica per trace of the
+        train function; a later ``fit`` of the same compiled model reuses the trace).
       dense_gradient_steps: how many train steps computed the dense gradient (RigL: the
         update steps only; SNFS: every step; SET, pruning: none).
     """
@@ -106,6 +107,11 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         return self.engine.dense_gradient_steps
 
     # -- hooks for subclasses (also used by the engine)
+    def _schedule_key(self) -> tuple:
+        """What ``_schedule`` puts into a traced step as constants (a step traced with
+        another key must not be reused)."""
+        return ()
+
     def _schedule(self, step):
         raise NotImplementedError
 
@@ -135,9 +141,9 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     # -- Keras hooks
     def _total_steps(self):
-        total = self.total_steps
-        if total is None and self.params:
-            steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        total, params = self.total_steps, getattr(self, "params", None)  # (set by fit)
+        if total is None and params:
+            steps, epochs = params.get("steps"), params.get("epochs")
             if steps is not None and epochs is not None:
                 total = int(steps) * int(epochs)
         return total
@@ -270,15 +276,17 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         """What the installed train function depends on beyond Keras' own of the compile:
         the model, its optimizer, its trainable variables and the top_k bounds traced in."""
         return (id(model), id(model.optimizer), [id(v) for v in model.trainable_variables],
-                [(u.k_max, u.k_change) for u in self.engine.units])
+                [(u.k_max, u.k_change) for u in self.engine.units], self._schedule_key())
 
     def _uninstall(self, model):
         if model.__dict__.get(_INSTALLED, (None,))[0] is self:
             for name in ("train_step", "make_train_function", _INSTALLED):
                 model.__dict__.pop(name, None)
-            # Keras' own train function of this compile: the next fit of this method
-            # reuses the traced one while this is the model's (compile drops it).
-            model.train_function = self._traced[0] if self._traced is not None else None
+            # Keras' own train function of this compile, while ours is still the model's
+            # (after a fit that raised, compile may have dropped both): the next fit of
+            # this callback reuses the traced one while Keras' is the model's.
+            if self._traced is not None and model.train_function is self._traced[2]:
+                model.train_function = self._traced[0]
             self.engine.release()
         self._installed = False
 

@@ -59,6 +59,9 @@ class _DropGrowCallback(MaskUpdateCallback):
                                    step <= self._end)
         return is_update, xp.cast(self.drop_fraction(step), xp.float32)
 
+    def _schedule_key(self):
+        return (self.delta_t, self.alpha, self.decay, self._end)
+
     def _change_bound(self, k_max):
         # the drop fraction never exceeds alpha; + 1 for float32 rounding of the count
         return min(int(k_max), int(k_max * self.alpha) + 1)
@@ -186,6 +189,9 @@ class GradualMagnitudePruning(MaskUpdateCallback):
         if unknown:
             raise ValueError(f"dense_layers {unknown} are not masked layers of the model; "
                              f"masked: {sorted(layer.layer.name for layer in layers)}")
+
+    def _schedule_key(self):
+        return (self.schedule,)
 
     def _schedule(self, step, xp=arrays.TF):
         if xp.name == "tensorflow":

@@ -121,7 +121,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         with replicas.strategy_scope(model):  # tf.distribute: state mirrored like the model's
             super().__init__(learning_rate=0.0, name=name or "sparse_" + optimizer.name)
         self.inner_optimizer = optimizer
-        method._check_schedule(method.total_steps)
+        method._check_schedule(method._total_steps())  # (in fit: the fit's length)
         method._check_model(model)
         # Plain attributes (object.__setattr__): the optimizer's tracker would otherwise
         # adopt the model's variables as optimizer variables.
@@ -206,6 +206,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
             u.k_max, u.k_change = self.method._top_k_bounds(ops.convert_to_numpy(u.mask.value))
+        object.__setattr__(self, "_due", (0, np.zeros(0, bool)))  # the schedule may differ
         live = {id(u.mask): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
             layer.set_dense_gradients(True, [live.get(id(mask), mask)
@@ -216,6 +217,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.sync_masks()
         for layer in {id(u.layer): u.layer for u in self._units}.values():
             layer.set_dense_gradients(False)
+
+    def reset_statistics(self) -> None:
+        """Forgets the updates so far (``last_update``, ``update_count``): ``fit`` does it
+        when a method's next fit reuses this wrapper."""
+        for variable in self.stats.values():
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def sync_masks(self) -> None:
         """Writes the step's mask copies into the model's masks (JAX; no-op on TF)."""

@@ -51,8 +51,10 @@ class _Fit:
     next: the wrapper and its compiled steps (compiling them again costs seconds per
     ``fit`` call on JAX). The next ``fit`` reuses them while the model keeps Keras' train
     function of this compile (``compile`` drops it), its optimizer and its trainable
-    variables; the wrapper takes the model's masks again, and the steps are traced again
-    if the masks' ``top_k`` bounds changed (another number of active entries)."""
+    variables; the wrapper takes the model's masks again and starts fresh update
+    statistics, and the steps are traced again if what they hold as constants changed:
+    the masks' ``top_k`` bounds (another number of active entries) or the schedule (the
+    default ``end_step`` follows each fit's length)."""
 
     def __init__(self, method, model):
         object.__setattr__(method, "_keras3_optimizer", None)
@@ -60,7 +62,7 @@ class _Fit:
         self.variables = [id(v) for v in model.trainable_variables]
         self.wrapper = SparseOptimizer(model.optimizer, model, method)
         object.__setattr__(self.wrapper, "installed_by", method)
-        self.train_function, self.bounds = None, None
+        self.train_function, self.key = None, None
 
     def serves(self, model) -> bool:
         wrapper = self.wrapper
@@ -70,18 +72,21 @@ class _Fit:
 
     def install(self, model) -> None:
         wrapper = self.wrapper
-        wrapper.begin()  # the masks may have changed since the last fit
-        bounds = [(u.k_max, u.k_change) for u in wrapper.units]
+        if self.train_function is not None:
+            wrapper.begin()  # the masks may have changed since the last fit
+            wrapper.reset_statistics()
+        key = ([(u.k_max, u.k_change) for u in wrapper.units], wrapper.method._schedule_key())
         model.optimizer = wrapper
-        if self.train_function is not None and bounds == self.bounds:
+        if self.train_function is not None and key == self.key:
             model.train_function = self.train_function
             if isinstance(model.train_function, _StepDispatch):
                 model.train_function.recount()
             return
-        self.bounds = bounds
-        model.make_train_function(force=True)
+        self.key = key
         if keras.config.backend() in ("jax", "tensorflow") and _steps_per_execution(model) == 1:
             _StepDispatch(model, wrapper)
+        else:
+            _make_own_train_function(model)
         self.train_function = model.train_function
 
 
@@ -101,23 +106,16 @@ class _StepDispatch:
         self.wrapper, self.functions = wrapper, {}
         self.jax = keras.config.backend() == "jax"
         for kind in ("ordinary", "update"):
-            # Each kind needs its own function object: jax.jit shares traces between
-            # jits of one function. Keras has no public way to give make_train_function
-            # a step, so the model's train_step is shadowed while it runs.
-            model.train_step = _own_step(model, self.jax)
-            try:
-                model.make_train_function(force=True)
-            finally:
-                del model.train_step
-            self.functions[kind] = model.train_function
+            self.functions[kind] = _make_own_train_function(model)
         if self.jax:
             self.at = next(i for i, v in enumerate(wrapper.variables) if v is wrapper.iterations)
         self.step, self.returned = None, None
         model.train_function = self
 
     def recount(self) -> None:
-        """Reads the step count from the optimizer again at the next step."""
-        self.step = None
+        """Reads the step count from the optimizer again at the next step (and lets go of
+        the last state returned)."""
+        self.step, self.returned = None, None
 
     def __call__(self, *args):
         if self.jax:
@@ -135,19 +133,37 @@ class _StepDispatch:
         return logs, self.returned
 
 
-def _own_step(model, jax):
-    """The model's train_step as a function object of its own."""
-    if jax:
-        return lambda state, data: type(model).train_step(model, state, data)
-    return lambda data: type(model).train_step(model, data)
+def _make_own_train_function(model):
+    """``model.make_train_function(force=True)`` over the model's train_step as a function
+    object of its own: jax.jit shares traces between jits of one function, so a step
+    traced again (other kind, bounds or schedule) needs a new one. Keras has no public way
+    to give make_train_function a step, so the model's train_step is shadowed while it
+    runs."""
+    cls = type(model)
+    if keras.config.backend() == "jax":
+        model.train_step = lambda state, data: cls.train_step(model, state, data)
+    else:
+        model.train_step = lambda data: cls.train_step(model, data)
+    try:
+        model.make_train_function(force=True)
+    finally:
+        del model.train_step
+    return model.train_function
 
 
 def _uninstall(model, wrapper) -> None:
-    """Gives the model its plain optimizer and Keras' train function of its compile back."""
+    """Gives the model its plain optimizer back, and Keras' train function of its compile
+    while ours is still the model's (after a fit that raised, compile may have replaced
+    both)."""
     wrapper.release()
-    model.optimizer = wrapper.inner_optimizer
+    if model.optimizer is wrapper:
+        model.optimizer = wrapper.inner_optimizer
     fit = getattr(wrapper.installed_by, "_keras3_fit", None)
-    model.train_function = fit.plain if fit is not None and fit.wrapper is wrapper else None
+    if fit is not None and fit.wrapper is wrapper:
+        if isinstance(fit.train_function, _StepDispatch):
+            fit.train_function.recount()
+        if model.train_function is fit.train_function:
+            model.train_function = fit.plain
 
 
 def fit_epoch_end(method, model) -> None:
