@@ -233,3 +233,24 @@ def test_assign_mask_zeroes_changed_connections():
     np.testing.assert_allclose(weight.numpy(), [1.0, 0.0, 0.0, 0.0, 5.0])
     np.testing.assert_allclose(momentum.numpy(), [0.1, 0.0, 0.0, 0.0, 0.5])
     np.testing.assert_allclose(accumulator.numpy(), [0.3, 0.1, 0.1, 0.1, 0.3])
+
+
+def test_jax_thresholds_count_in_a_loop_op_only_where_traced():
+    """Under ``jax.jit`` the 32 counting passes are one loop op (compiled once); eagerly
+    they run op by op, since JAX would compile a loop op at every eager call."""
+    jax = pytest.importorskip("jax")
+    xp = updaters.arrays.get("jax")
+    loops = []
+
+    def fori_loop(*args):
+        loops.append(args[0])
+        return type(xp).fori_loop(xp, *args)
+
+    xp.fori_loop = fori_loop
+    try:
+        x = jax.numpy.asarray([0.5, -1.0, 2.0, 2.0, 0.0, 7.0], "float32")
+        eager = float(xp.kth_largest(x, 3, 5))
+        traced = float(jax.jit(lambda v: xp.kth_largest(v, 3, 5))(x))
+    finally:
+        del xp.fori_loop
+    assert loops == [32] and eager == traced == 2.0

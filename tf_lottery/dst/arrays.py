@@ -272,8 +272,9 @@ class _JAX:
         return self.jax.lax.top_k(x, k)
 
     def kth_largest(self, x, k, k_max: int):
-        """As ``_TF.kth_largest``, by counting (XLA's ``top_k`` costs a full sort)."""
-        return kth_largest_by_counting(self, x, k)
+        """As ``_TF.kth_largest``, by counting (XLA's ``top_k`` costs a full sort); in
+        a loop op where traced (``jit``), op by op when eager."""
+        return kth_largest_by_counting(self, x, k, loop=isinstance(x, self.jax.core.Tracer))
 
     def order_keys(self, x):
         bits = self.jax.lax.bitcast_convert_type(x, self.jnp.int32)
@@ -324,11 +325,13 @@ def _in_xla(tf) -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def kth_largest_by_counting(xp, x, k):
+def kth_largest_by_counting(xp, x, k, loop: bool = True):
     """``xp.kth_largest`` without sorting: the largest order key with at least ``k``
-    entries at or above it, found bit by bit (32 counting passes over ``x`` in a loop op:
-    unrolled, XLA's CPU runtime took 8 times longer to compile them and 40% longer to run
-    them). Equal to the ``top_k`` threshold as a float; ``k`` = 0 gives +inf."""
+    entries at or above it, found bit by bit (32 counting passes over ``x``). Equal to the
+    ``top_k`` threshold as a float; ``k`` = 0 gives +inf. ``loop``: the passes as one loop
+    op, for a compiled function (unrolled, XLA's CPU runtime took 8 times longer to compile
+    them and 40% longer to run them); False: op by op, for eager calls (JAX compiles a
+    loop op at every eager call)."""
     keys = xp.order_keys(x)
     k = xp.cast(k, xp.int32)
     bits = xp.asarray(np.asarray([1 << b for b in range(31, -1, -1)], np.uint32))
@@ -338,7 +341,12 @@ def kth_largest_by_counting(xp, x, k):
         count = xp.sum(xp.cast(keys >= candidate, xp.int32))
         return xp.where(count >= k, candidate, prefix)
 
-    prefix = xp.fori_loop(32, narrow, xp.asarray(0, xp.uint32))
+    prefix = xp.asarray(0, xp.uint32)
+    if loop:
+        prefix = xp.fori_loop(32, narrow, prefix)
+    else:
+        for i in range(32):
+            prefix = narrow(i, prefix)
     return xp.where(k > 0, xp.key_value(prefix), xp.asarray(float("inf"), xp.float32))
 
 
