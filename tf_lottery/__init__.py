@@ -65,9 +65,7 @@ def _register_keras3_layers() -> None:
     """Where Keras 3 is loaded already, loads ``tf_lottery.keras3`` now, so that
     ``keras.saving.load_model`` finds ``tf_lottery>MaskedLayer`` (the import cannot set the
     backend any more: Keras 3 fixes it when it loads)."""
-    import sys
-    keras = sys.modules.get("keras")
-    if keras is not None and str(getattr(keras, "__version__", "")).startswith("3"):
+    if _keras.loaded_keras3() is not None:
         import importlib
         importlib.import_module("tf_lottery.keras3")
 

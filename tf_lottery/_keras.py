@@ -49,4 +49,13 @@ def _import_tfmot():
 
 tfmot = _import_tfmot()
 
+
+def loaded_keras3():
+    """The Keras 3 module (``import keras``) if this process has imported it, else None;
+    never imports it (Keras 3 fixes its backend when it loads)."""
+    keras3 = sys.modules.get("keras")
+    if keras3 is None or not str(getattr(keras3, "__version__", "")).startswith("3."):
+        return None
+    return keras3
+
 __all__ = ["tf", "keras", "tfmot"]

@@ -8,15 +8,14 @@ its own error.
 import functools
 import sys
 
+from tf_lottery._keras import loaded_keras3
 from tf_lottery.masking import api as _tf_keras_api
 
 
 def is_keras3(model) -> bool:
     """Whether ``model`` is a Keras 3 (``import keras``) model or layer."""
-    keras = sys.modules.get("keras")
-    if keras is None or not str(getattr(keras, "__version__", "")).startswith("3."):
-        return False
-    return isinstance(model, (keras.Model, keras.layers.Layer))
+    keras = loaded_keras3()
+    return keras is not None and isinstance(model, (keras.Model, keras.layers.Layer))
 
 
 def _route(name):
@@ -57,8 +56,8 @@ def set_random_seed(seed: int) -> None:
     models of either Keras built after it draw the same initial weights every time."""
     from tf_lottery._keras import keras
     keras.utils.set_random_seed(seed)
-    keras3 = sys.modules.get("keras")
-    if keras3 is not None and str(getattr(keras3, "__version__", "")).startswith("3."):
+    keras3 = loaded_keras3()
+    if keras3 is not None:
         keras3.utils.set_random_seed(seed)
 
 

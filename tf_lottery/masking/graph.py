@@ -6,16 +6,15 @@ Dropout, Reshape or nested model in between, not the last layer in ``model.layer
 Works on tf_keras and Keras 3 models (their symbolic tensors differ only in names:
 ``history.layer`` / ``history.operation``, ``node.keras_inputs`` / ``node.input_tensors``).
 """
-import sys
 from typing import Callable, List
 
-from tf_lottery._keras import keras
+from tf_lottery._keras import keras, loaded_keras3
 
 
 def _model_classes():
     classes = [keras.Model]
-    keras3 = sys.modules.get("keras")
-    if keras3 is not None and str(getattr(keras3, "__version__", "")).startswith("3."):
+    keras3 = loaded_keras3()
+    if keras3 is not None:
         classes.append(keras3.Model)
     return tuple(classes)
 

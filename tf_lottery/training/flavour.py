@@ -10,10 +10,10 @@ backend.
 """
 import contextlib
 import os
-import sys
 from typing import Optional
 
 from tf_lottery._backend import BACKENDS
+from tf_lottery._keras import loaded_keras3
 
 KERAS_VERSIONS = (2, 3)
 _current = [2]
@@ -37,10 +37,8 @@ def check_backend(name) -> str:
 
 def loaded_backend() -> Optional[str]:
     """The backend of the Keras 3 already imported in this process, else None."""
-    keras = sys.modules.get("keras")
-    if keras is None or not str(getattr(keras, "__version__", "")).startswith("3."):
-        return None
-    return keras.config.backend()
+    keras = loaded_keras3()
+    return None if keras is None else keras.config.backend()
 
 
 def select_backend(name: str) -> None:
