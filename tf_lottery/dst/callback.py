@@ -108,9 +108,16 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
     # -- hooks for subclasses (also used by the engine)
     def _schedule_key(self) -> tuple:
-        """What ``_schedule`` puts into a traced step as constants (a step traced with
-        another key must not be reused)."""
+        """What ``_schedule`` puts into a traced step as constants."""
         return ()
+
+    def _trace_key(self, model, optimizer, bounds) -> tuple:
+        """What a train step traced for this method holds besides Keras' own train function
+        of the model's compile: the model, the optimizer it applies, the trainable
+        variables, the top_k bounds (``(k_max, k_change)`` per updated weight) and the
+        schedule's constants. A later ``fit`` reuses the step only under the same key."""
+        return (id(model), id(optimizer), tuple(id(v) for v in model.trainable_variables),
+                tuple(bounds), self._schedule_key())
 
     def _schedule(self, step):
         raise NotImplementedError
@@ -249,9 +256,8 @@ class MaskUpdateCallback(keras.callbacks.Callback):
 
         ``fit`` builds its train function (``make_train_function``) *before* calling
         ``on_train_begin``, so the train function is rebuilt here, or the one traced for
-        this callback's previous fit is reused (``_traced_identity``: same compile,
-        optimizer, variables and top_k bounds; tracing again costs about a second per
-        fit call even for LeNet-300-100). The instance's
+        this callback's previous fit is reused (same compile and ``_trace_key``; tracing
+        again costs about a second per fit call even for LeNet-300-100). The instance's
         ``make_train_function`` is replaced too, by one that first removes the installed
         step: the next ``fit`` (or ``train_on_batch``) starts from Keras' own step even if
         this fit raised before ``on_train_end``.
@@ -264,19 +270,14 @@ class MaskUpdateCallback(keras.callbacks.Callback):
         object.__setattr__(model, "train_step", self._train_step)
         object.__setattr__(model, "make_train_function", make_default_train_function)
         object.__setattr__(model, _INSTALLED, (self, self.params))
-        identity = self._traced_identity(model)
+        identity = self._trace_key(model, model.optimizer,
+                                   [(u.k_max, u.k_change) for u in self.engine.units])
         if self._traced is not None and self._traced[:2] == (plain, identity):
             model.train_function = self._traced[2]  # the last fit's, still valid
         else:
             model.train_function = type(model).make_train_function(model, force=True)
             self._traced = (plain, identity, model.train_function)
         self._installed = True
-
-    def _traced_identity(self, model):
-        """What the installed train function depends on beyond Keras' own of the compile:
-        the model, its optimizer, its trainable variables and the top_k bounds traced in."""
-        return (id(model), id(model.optimizer), [id(v) for v in model.trainable_variables],
-                [(u.k_max, u.k_change) for u in self.engine.units], self._schedule_key())
 
     def _uninstall(self, model):
         if model.__dict__.get(_INSTALLED, (None,))[0] is self:

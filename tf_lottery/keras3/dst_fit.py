@@ -49,12 +49,12 @@ def _steps_per_execution(model) -> int:
 class _Fit:
     """What a method installs on a model for its ``fit`` calls, kept from one call to the
     next: the wrapper and its compiled steps (compiling them again costs seconds per
-    ``fit`` call on JAX). The next ``fit`` reuses them while the model keeps Keras' train
-    function of this compile (``compile`` drops it), its optimizer and its trainable
-    variables; the wrapper takes the model's masks again and starts fresh update
-    statistics, and the steps are traced again if what they hold as constants changed:
-    the masks' ``top_k`` bounds (another number of active entries) or the schedule (the
-    default ``end_step`` follows each fit's length)."""
+    ``fit`` call on JAX). The next ``fit`` reuses the wrapper while the model keeps Keras'
+    train function of this compile (``compile`` drops it), its optimizer and its trainable
+    variables (``serves``); the wrapper takes the model's masks again and starts fresh
+    update statistics, and the steps are traced again where the method's ``_trace_key``
+    changed (another number of active entries; another schedule, as the default
+    ``end_step`` follows each fit's length)."""
 
     def __init__(self, method, model):
         object.__setattr__(method, "_keras3_optimizer", None)
@@ -75,7 +75,8 @@ class _Fit:
         if self.train_function is not None:
             wrapper.begin()  # the masks may have changed since the last fit
             wrapper.reset_statistics()
-        key = ([(u.k_max, u.k_change) for u in wrapper.units], wrapper.method._schedule_key())
+        key = wrapper.method._trace_key(model, wrapper.inner_optimizer,
+                                        [(u.k_max, u.k_change) for u in wrapper.units])
         model.optimizer = wrapper
         if self.train_function is not None and key == self.key:
             model.train_function = self.train_function
