@@ -130,7 +130,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "installed_by", None)
         object.__setattr__(self, "update_traces", 0)
         object.__setattr__(self, "_traced_as", "either")
-        object.__setattr__(self, "_due", (0, np.zeros(0, bool)))
+        object.__setattr__(self, "_due", (0, np.zeros(0, bool), None))
         object.__setattr__(self, "_xp", arrays.get(keras.config.backend()))
         object.__setattr__(self, "_units", self._find_units(model, method))
         object.__setattr__(method, "_keras3_optimizer", self)
@@ -206,7 +206,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if u.live is not u.mask:  # a copy: JAX's step must not get one buffer twice
                 u.live.assign(ops.copy(u.mask.value))
             u.k_max, u.k_change = self.method._top_k_bounds(ops.convert_to_numpy(u.mask.value))
-        object.__setattr__(self, "_due", (0, np.zeros(0, bool)))  # the schedule may differ
         live = {id(u.mask): u.live for u in self._units}
         for layer in {id(u.layer): u.layer for u in self._units}.values():
             layer.set_dense_gradients(True, [live.get(id(mask), mask)
@@ -275,15 +274,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def update_due(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based: ``iterations + 1`` when it runs)
         updates the masks, by the method's own schedule (evaluated for 1024 steps at a
-        time on the host)."""
-        start, due = self._due
-        if not start <= step < start + len(due):
+        time on the host, again if the schedule changed)."""
+        start, due, schedule = self._due
+        if schedule != self.method._schedule_key() or not start <= step < start + len(due):
             xp = self._xp
             steps = xp.cast(xp.asarray(np.arange(step, step + 1024)), xp.int64)
             is_update, _ = self.method._schedule(steps, xp)
             due = np.broadcast_to(np.asarray(ops.convert_to_numpy(is_update), bool), (1024,))
             start = step
-            object.__setattr__(self, "_due", (start, due))
+            object.__setattr__(self, "_due", (start, due, self.method._schedule_key()))
         return bool(due[step - start])
 
     # -- one step
