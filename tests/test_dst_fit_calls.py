@@ -3,12 +3,12 @@ move, the traced train step reused while it is valid and traced again when it is
 (masks of other counts, the schedule of a longer fit, a new compile after a fit that
 raised). The Keras 3 twins are in tests/keras3_suite/suite_dst.py."""
 import numpy as np
-import pytest
 
 import tf_lottery as tfl
 from tf_lottery._keras import keras
 from tf_lottery.dst import RigL
 from dst_tiny import BATCH, _data, _sparse
+from fit_scenarios import stale_steps_are_traced_again
 
 
 def test_history_follows_a_step_count_other_callbacks_move():
@@ -84,28 +84,11 @@ def test_fit_again_reuses_the_traced_step_and_takes_the_masks_set_between():
 def test_no_reuse_of_what_a_fit_traced_once_it_is_stale():
     """The default end_step follows each fit's length, so a second, longer fit updates
     until its own end (traced again for it); after a fit that raised, a new compile with
-    the same optimizer and a metric is the one trained with, during and after the fit."""
+    the same optimizer and a metric is the one trained with, during and after the fit
+    (fit_scenarios.py, shared with the Keras 3 suite)."""
     model = _sparse()
-    callback = RigL(delta_t=2, alpha=0.5)
-    model.fit(*_data(4), batch_size=BATCH, epochs=1, shuffle=False, verbose=0,  # end 3: 2
-              callbacks=[callback])
-    model.fit(*_data(4), batch_size=BATCH, epochs=4, shuffle=False, verbose=0,  # 5-20, end 12
-              callbacks=[callback])
-    assert [r["step"] for r in callback.history] == [2, 6, 8, 10, 12]
-    for record in callback.history[1:]:  # the drop fraction of the second fit's schedule
-        assert record["drop_fraction"] == pytest.approx(callback.drop_fraction(record["step"]))
-    assert callback.history[-2]["drop_fraction"] > 0.01  # (step 10 of 12)
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1:
-                raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(*_data(4), batch_size=BATCH, epochs=1, verbose=0,
-                  callbacks=[callback, Interrupt()])
-    model.compile(model.optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    history = model.fit(*_data(4), batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
-    assert "accuracy" in history.history
+    stale_steps_are_traced_again(
+        keras, model, *_data(4), RigL(delta_t=2, alpha=0.5),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy",
+        batch_size=BATCH)
     assert "accuracy" in model.fit(*_data(4), batch_size=BATCH, epochs=1, verbose=0).history

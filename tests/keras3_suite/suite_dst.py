@@ -12,6 +12,7 @@ from tf_lottery.keras3.dst import SparseOptimizer
 from tf_lottery.masking import selection
 from suite_core import BACKEND, _np, assert_masked_zero, data
 from dst_helpers import Loop, active_counts, masked_state, sparse_mlp
+from fit_scenarios import stale_steps_are_traced_again
 
 
 # RigL through fit here; SET and SNFS run the same step in suite_dst_rules.py (custom loop,
@@ -364,29 +365,12 @@ def test_fit_again_reuses_the_compiled_steps_and_takes_the_masks_set_between():
 def test_no_reuse_of_what_a_fit_traced_once_it_is_stale():
     """The default end_step follows each fit's length, so a second, longer fit updates
     until its own end (the steps are traced again for it); after a fit that raised, a new
-    compile with the same optimizer and other metrics is the one trained with."""
+    compile with the same optimizer and other metrics is the one trained with
+    (fit_scenarios.py, shared with the tf_keras tests)."""
     x, y = data(32)  # 4 steps of 8
     model = sparse_mlp()
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
-    method = tfl.RigL(delta_t=2, alpha=0.5)
-    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,  # end_step 3: 2
-              callbacks=[method])
-    model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,  # 5-20, end 12
-              callbacks=[method])
-    assert [r["step"] for r in method.history] == [2, 6, 8, 10, 12]
-    for record in method.history[1:]:  # the drop fraction of the second fit's schedule
-        assert record["drop_fraction"] == pytest.approx(method.drop_fraction(record["step"]))
-    assert method.history[-2]["drop_fraction"] > 0.01  # (step 10 of 12)
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1:
-                raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[method, Interrupt()])
-    model.compile(model.optimizer, "mse", metrics=["mae"])  # (the wrapper, left by the raise)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[method])
-    assert "mae" in history.history
+    stale_steps_are_traced_again(keras, model, x, y, tfl.RigL(delta_t=2, alpha=0.5), "mse",
+                                 "mae")
     assert not isinstance(model.optimizer, SparseOptimizer)
     assert_masked_zero(model)
