@@ -8,7 +8,8 @@ callbacks and SNFS through ``tfl.SparseOptimizer`` compiled into the model: afte
 epochs (mask updates at steps 2, 4, 6) every device holds the same masks and exact zeros
 where masked, every weight keeps its number of active entries, the masks moved, and
 masks and weights are those of the same training on one device (same data order, seeds
-and global batch).
+and global batch). A second RigL fit reuses the compiled steps and trains from masks set
+between the fits, on every device.
 """
 import contextlib
 
@@ -103,3 +104,18 @@ def test_mask_updates_agree_on_every_device_and_with_one_device(parallel, name, 
         np.testing.assert_allclose(weights[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
     if through == "callback":
         assert method.history == single_method.history
+    if name == "rigl":  # a second fit: the first one's compiled steps, from masks set between
+        traces = method.update_traces
+        rng = np.random.default_rng(1)
+        moved = {k: rng.permutation(m.ravel()).reshape(m.shape) for k, m in masks.items()}
+        with parallel():
+            tfl.set_masks(sparse, moved)
+        method.total_steps = 16  # steps 9-12, past end_step=7: no update
+        x, y = _data()
+        with parallel() if BACKEND == "jax" else contextlib.nullcontext():
+            sparse.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0,
+                       callbacks=[method])
+        after = devices.check_replicated(sparse)
+        for key, mask in moved.items():
+            np.testing.assert_array_equal(after[key], mask, err_msg=key)
+        assert method.update_traces == traces

@@ -336,6 +336,7 @@ def test_fit_again_reuses_the_compiled_steps_and_takes_the_masks_set_between():
               callbacks=[method, Probe()])
     assert active_counts(model) == {k: int(v.sum()) for k, v in same.items()}
     assert method.update_traces == (traces if BACKEND != "torch" else 2 * traces)
+    assert method._keras3_optimizer.update_count == 2  # this fit's: 6, 8
     if BACKEND != "torch":
         assert functions[1] is functions[0]  # the same compiled steps
     assert_masked_zero(model)
